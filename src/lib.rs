@@ -1,0 +1,1 @@
+//! syncgate: a queued, coalescing, privilege-separated mirror sync.
