@@ -1,1 +1,142 @@
 //! syncgate: a queued, coalescing, privilege-separated mirror sync.
+//!
+//! `main` calls [`run`]; every error carries its exit code (see
+//! [`error::exit`]).
+
+pub mod argv;
+pub mod audit;
+pub mod child;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fixperms;
+pub mod locks;
+pub mod netmask;
+pub mod owner;
+pub mod progress;
+pub mod queue;
+pub mod rsync;
+pub mod run;
+pub mod signals;
+pub mod state;
+pub mod statedir;
+pub mod status;
+pub mod sync;
+pub mod timefmt;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, CliTrigger, Command};
+use crate::config::Config;
+use crate::error::{exit, Error, Result};
+use crate::state::Trigger;
+
+/// Parses the command line, runs it, and turns the result into an exit code.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Error::Silent(code)) => ExitCode::from(code),
+        Err(e) => {
+            progress::say(&e.to_string());
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn who_am_i() -> String {
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "?".into());
+    format!("user={name} uid={uid}")
+}
+
+fn dispatch(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Sync {
+            mirrors,
+            all,
+            trigger,
+        } => {
+            let cfg = Config::load(&cli.config)?;
+            signals::install();
+            let mirrors = if all { cfg.mirror_names() } else { mirrors };
+            let trigger = match trigger {
+                CliTrigger::Cli => Trigger::Cli,
+                CliTrigger::Timer => Trigger::Timer,
+            };
+            let who = who_am_i();
+            let req = queue::Requester::new(trigger, who.clone());
+            let mut audit = audit::Audit::open(&cfg.syslog);
+            let mut l = audit::Line::new("request");
+            l.kv("request", &req.request)
+                .kv("trigger", trigger)
+                .kv("from", &who)
+                .kv("command", format!("sync {}", mirrors.join(" ")))
+                .kv("decision", "allow")
+                .kv("reason", "local");
+            audit.log(audit::Level::Notice, &l);
+            sync::sync(&cfg, &mirrors, &req, &[], &mut audit)
+        }
+        Command::Status { mirror, json } => {
+            let cfg = Config::load(&cli.config)?;
+            let names = match mirror {
+                Some(m) => vec![cfg.mirror(&m)?.name.clone()],
+                None => cfg.mirror_names(),
+            };
+            let sd = statedir::StateDir::open(&cfg.state_dir)?;
+            let doc = status::collect(&cfg, &sd, &names)?;
+            let out = if json {
+                let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
+                s.push('\n');
+                s
+            } else {
+                status::render(&doc)
+            };
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            Ok(exit::OK)
+        }
+        Command::Transfer { mirror } => {
+            let cfg = Config::load(&cli.config)?;
+            let report = owner::transfer(&cfg, &mirror)?;
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("report serializes")
+            );
+            Ok(if report.ok {
+                exit::OK
+            } else {
+                exit::SYNC_FAILED
+            })
+        }
+        Command::FixPerms { mirror } => {
+            let cfg = Config::load(&cli.config)?;
+            let report = owner::fix_perms(&cfg, &mirror)?;
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("report serializes")
+            );
+            Ok(if report.ok {
+                exit::OK
+            } else {
+                exit::SYNC_FAILED
+            })
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The one source of truth for every command line syncgate runs.
+//!
+//! The same functions drive execution, the generated sudoers rule
+//! (`syncgate sudoers`) and the verification in `syncgate check`, so the three
+//! cannot disagree.
+//!
+//! The privileged boundary is deliberately narrow: the login account may run
+//! only `syncgate --config CONFIG transfer MIRROR` and
+//! `syncgate --config CONFIG fix-perms MIRROR` as the mirror's owner. Those
+//! take nothing but a mirror name and read everything else (upstream, dest,
+//! modes, excludes) from the root-owned config, so no argument the caller
+//! controls reaches rsync, and no other split of the space-joined string
+//! sudo compares can mean anything else.
+
+use crate::config::{Config, Mirror, Privilege, Upstream};
+
+pub const SUDO: &str = "/usr/bin/sudo";
+
+/// rsync's temporary directory inside dest (same filesystem, so renames are
+/// atomic). Emptied at the start of every transfer.
+pub const TEMP_DIR: &str = ".syncgate-tmp";
+
+/// The owner-side commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerVerb {
+    Transfer,
+    FixPerms,
+}
+
+impl OwnerVerb {
+    pub const ALL: [OwnerVerb; 2] = [OwnerVerb::Transfer, OwnerVerb::FixPerms];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OwnerVerb::Transfer => "transfer",
+            OwnerVerb::FixPerms => "fix-perms",
+        }
+    }
+}
+
+/// The owner-side command line, exactly as the sudoers rule grants it.
+pub fn owner_command(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<String> {
+    vec![
+        cfg.binary.display().to_string(),
+        "--config".into(),
+        cfg.path.display().to_string(),
+        verb.as_str().into(),
+        mirror.name.clone(),
+    ]
+}
+
+/// What the gate executes to run an owner-side command.
+pub fn launch(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<String> {
+    let inner = owner_command(cfg, mirror, verb);
+    match cfg.privilege {
+        Privilege::Direct => inner,
+        Privilege::Sudo => {
+            let mut v: Vec<String> = vec![
+                SUDO.into(),
+                "-n".into(),
+                "-u".into(),
+                mirror.owner.clone(),
+                "--".into(),
+            ];
+            v.extend(inner);
+            v
+        }
+    }
+}
+
+fn common(cfg: &Config, m: &Mirror) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        cfg.rsync.display().to_string(),
+        "-rlpt".into(),
+        "--safe-links".into(),
+        "--no-human-readable".into(),
+        "--stats".into(),
+        format!("--chmod=D{:04o},F{:04o}", m.dir_mode, m.file_mode),
+        "--group".into(),
+        format!("--groupmap=*:{}", m.reader_group),
+        format!("--timeout={}", m.io_timeout),
+        format!("--temp-dir={}/{}", m.dest.display(), TEMP_DIR),
+        format!("--exclude=/{TEMP_DIR}/"),
+    ];
+    match &m.upstream {
+        Upstream::Daemon(_) => {
+            v.push(format!("--contimeout={}", m.io_timeout.min(300)));
+            v.push("--no-motd".into());
+        }
+        Upstream::Ssh(_) => {
+            v.push("--rsh=/usr/bin/ssh -oBatchMode=yes -oStrictHostKeyChecking=yes".into());
+        }
+        Upstream::Local(_) => {}
+    }
+    if m.bwlimit > 0 {
+        v.push(format!("--bwlimit={}", m.bwlimit));
+    }
+    for e in &m.exclude {
+        v.push(format!("--exclude={e}"));
+    }
+    v
+}
+
+fn endpoints(v: &mut Vec<String>, m: &Mirror) {
+    v.push(m.upstream.source_arg());
+    v.push(format!("{}/", m.dest.display()));
+}
+
+/// Stage 1: everything except the "last" patterns, deleting nothing.
+/// `--delete --max-delete=0` makes rsync count (and not perform) the
+/// deletions stage 2 would do, so the max_delete guard fires before any
+/// checksum file is published.
+pub fn rsync_stage1(cfg: &Config, m: &Mirror) -> Vec<String> {
+    let mut v = common(cfg, m);
+    v.push("--delete".into());
+    v.push("--max-delete=0".into());
+    for l in &m.last {
+        v.push(format!("--exclude={l}"));
+    }
+    endpoints(&mut v, m);
+    v
+}
+
+/// Stage 2: the rest, with delayed updates and delayed deletes. When stage 1
+/// found nothing to delete, only the "last" files are considered (`full` =
+/// false), which keeps a no-change resync close to a single rsync pass.
+pub fn rsync_stage2(cfg: &Config, m: &Mirror, full: bool) -> Vec<String> {
+    let mut v = common(cfg, m);
+    v.push("--delay-updates".into());
+    v.push("--delete-delay".into());
+    v.push(format!("--max-delete={}", m.max_delete));
+    if !full {
+        v.push("--include=*/".into());
+        for l in &m.last {
+            v.push(format!("--include={l}"));
+        }
+        v.push("--exclude=*".into());
+    }
+    endpoints(&mut v, m);
+    v
+}
+
+/// Renders an argv for humans and logs (shell-quoted).
+pub fn render(argv: &[String]) -> String {
+    shell_words::join(argv)
+}

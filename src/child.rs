@@ -1,0 +1,221 @@
+//! Running and supervising child processes: clean environment, absolute
+//! program paths, line-by-line output, a wall-clock deadline, and
+//! TERM-then-KILL termination that always reaps.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// PATH given to every child.
+pub const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+pub struct Spec<'a> {
+    pub argv: &'a [String],
+    /// Extra environment on top of a cleared one (PATH and LC_ALL=C are set).
+    pub env: Vec<(String, String)>,
+    /// Put the child in its own process group, so its whole tree can be signalled.
+    pub own_group: bool,
+    /// Ask the kernel to SIGKILL the child if we die (not across setuid exec).
+    pub die_with_parent: bool,
+    /// Give the child a pipe on stdin that we hold: when we die it sees EOF.
+    pub lifeline: bool,
+}
+
+pub struct Supervised {
+    child: Child,
+    own_group: bool,
+    lifeline: Option<ChildStdin>,
+    lines: Receiver<(Stream, String)>,
+}
+
+fn reader<R: Read + Send + 'static>(r: R, which: Stream, tx: mpsc::Sender<(Stream, String)>) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    if tx.send((which, line)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[allow(unsafe_code)]
+fn set_die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+pub fn spawn(spec: Spec) -> std::io::Result<Supervised> {
+    use std::os::unix::process::CommandExt;
+    let (program, args) = spec.argv.split_first().expect("argv is never empty");
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", SAFE_PATH)
+        .env("LC_ALL", "C")
+        .stdin(if spec.lifeline {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    if spec.own_group {
+        cmd.process_group(0);
+    }
+    if spec.die_with_parent {
+        set_die_with_parent(&mut cmd);
+    }
+    let mut child = cmd.spawn()?;
+    let (tx, rx) = mpsc::channel();
+    reader(
+        child.stdout.take().expect("piped"),
+        Stream::Stdout,
+        tx.clone(),
+    );
+    reader(child.stderr.take().expect("piped"), Stream::Stderr, tx);
+    Ok(Supervised {
+        lifeline: child.stdin.take(),
+        child,
+        own_group: spec.own_group,
+        lines: rx,
+    })
+}
+
+/// Why supervision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exited,
+    TimedOut,
+    Aborted,
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub ending: Ending,
+}
+
+/// Callbacks from [`Supervised::wait`].
+pub trait Watcher {
+    fn line(&mut self, stream: Stream, line: &str);
+    /// Called about once a second.
+    fn tick(&mut self) {}
+    /// Return true to stop the child (signal received, caller asked).
+    fn abort(&mut self) -> bool {
+        false
+    }
+}
+
+impl Supervised {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: Signal) {
+        let pid = self.child.id() as i32;
+        let target = if self.own_group {
+            Pid::from_raw(-pid)
+        } else {
+            Pid::from_raw(pid)
+        };
+        let _ = kill(target, sig);
+    }
+
+    /// Waits for the child, relaying its lines, until it exits, the
+    /// deadline passes, or the watcher asks to abort. In the last two cases
+    /// the child gets SIGTERM, then after `grace` its lifeline is cut and it
+    /// gets SIGKILL. The child is always reaped.
+    pub fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        grace: Duration,
+        w: &mut dyn Watcher,
+    ) -> std::io::Result<Finished> {
+        let mut ending = Ending::Exited;
+        let mut last_tick = Instant::now();
+        let mut stop_at: Option<Instant> = None;
+        let status = loop {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok((s, l)) => w.line(s, &l),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            }
+            if let Some(st) = self.child.try_wait()? {
+                break st;
+            }
+            let now = Instant::now();
+            if now.duration_since(last_tick) >= Duration::from_secs(1) {
+                last_tick = now;
+                w.tick();
+            }
+            match stop_at {
+                None => {
+                    if deadline.is_some_and(|d| now >= d) {
+                        ending = Ending::TimedOut;
+                    } else if w.abort() {
+                        ending = Ending::Aborted;
+                    } else {
+                        continue;
+                    }
+                    self.signal(Signal::SIGTERM);
+                    stop_at = Some(now + grace);
+                }
+                Some(t) if now >= t => {
+                    self.lifeline = None;
+                    self.signal(Signal::SIGKILL);
+                    let _ = self.child.kill();
+                    break self.child.wait()?;
+                }
+                Some(_) => {}
+            }
+        };
+        // Drain what is left of the output (bounded: a grandchild could
+        // hold the pipe open).
+        let drain_until = Instant::now() + Duration::from_secs(2);
+        while let Ok((s, l)) = self
+            .lines
+            .recv_timeout(drain_until.saturating_duration_since(Instant::now()))
+        {
+            w.line(s, &l);
+        }
+        Ok(Finished { status, ending })
+    }
+}
+
+/// Exit code of a status, or 128+signal when killed by a signal.
+pub fn code_of(status: &ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}

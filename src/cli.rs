@@ -1,0 +1,61 @@
+//! The command line, defined once: `--help`, the man page and the shell
+//! completions are all generated from this.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "syncgate",
+    version,
+    about = "Queued, coalescing, privilege-separated mirror sync behind an SSH forced command",
+    after_help = "Exit codes: 0 success, 1 sync failed, 64 usage or request not understood, \
+70 internal error, 75 queue timeout, 77 not permitted, 78 configuration error."
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "PATH", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CliTrigger {
+    Cli,
+    Timer,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sync mirrors now, through the queue: wait for a run that started after
+    /// this request and report its result.
+    Sync {
+        /// Mirrors to sync.
+        #[arg(
+            value_name = "MIRROR",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        mirrors: Vec<String>,
+        /// Sync every configured mirror.
+        #[arg(long)]
+        all: bool,
+        /// Recorded in state and the audit log (the systemd timer passes `timer`).
+        #[arg(long, value_enum, default_value = "cli")]
+        trigger: CliTrigger,
+    },
+    /// Show each mirror: idle or running, waiting requests, last run, last success.
+    Status {
+        mirror: Option<String>,
+        /// Machine-readable output (stable; see README "Monitoring").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Owner side: run both rsync stages for MIRROR (run by the gate, through sudo).
+    Transfer { mirror: String },
+    /// Owner side: enforce owner, reader group and modes on MIRROR's tree.
+    FixPerms { mirror: String },
+}

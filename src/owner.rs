@@ -1,0 +1,367 @@
+//! The owner-side commands `transfer` and `fix-perms`. They run as the
+//! image owner (through sudo in production), take only a mirror name, and
+//! read everything else from the config, which must then be root-owned.
+//!
+//! Both hold an exclusive lock on the dest directory itself. `transfer`
+//! passes that lock on to rsync, so it stays held until the last rsync
+//! process is gone: a new transfer never overlaps a dying one.
+//!
+//! Each prints exactly one JSON line on stdout (its report) and human
+//! progress on stderr; the gate reads both through pipes.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::argv;
+use crate::child::{self, Stream, Watcher};
+use crate::config::{Config, Mirror, Privilege};
+use crate::error::{Error, IoContext, Result};
+use crate::rsync::Stats;
+
+/// How long an owner-side command waits for a previous one to let go of dest.
+const DEST_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// Time rsync gets between SIGTERM and SIGKILL.
+const RSYNC_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TransferReport {
+    pub ok: bool,
+    pub message: String,
+    /// rsync's exit code of the stage that decided the result.
+    pub rsync_exit: Option<i32>,
+    pub stage1: Stats,
+    pub stage2: Option<Stats>,
+    pub stage2_full: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FixPermsReport {
+    pub ok: bool,
+    pub message: String,
+    pub entries: u64,
+    pub changed: u64,
+    pub removed: u64,
+    pub notes: Vec<String>,
+}
+
+/// Refuses to act on a config the caller could have written.
+fn check_trust(cfg: &Config, mirror: &Mirror) -> Result<()> {
+    if cfg.privilege != Privilege::Sudo {
+        return Ok(());
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    if uid != mirror.owner_uid {
+        return Err(Error::Usage(format!(
+            "this command runs as the owner of mirror {} ({}, uid {}), not uid {uid}",
+            mirror.name, mirror.owner, mirror.owner_uid
+        )));
+    }
+    for p in [Some(cfg.path.as_path()), cfg.path.parent()]
+        .into_iter()
+        .flatten()
+    {
+        let md = std::fs::metadata(p).context(|| format!("cannot stat {}", p.display()))?;
+        if md.uid() != 0 || md.mode() & 0o022 != 0 {
+            return Err(Error::Config(format!(
+                "{} must be owned by root and not writable by group or others (owner uid {}, mode {:o}); refusing to run as {}",
+                p.display(),
+                md.uid(),
+                md.mode() & 0o7777,
+                mirror.owner
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Opens dest (creating it if missing) without following a symlink, and
+/// locks it exclusively.
+fn lock_dest(mirror: &Mirror) -> Result<File> {
+    let dest = &mirror.dest;
+    if std::fs::symlink_metadata(dest).is_err() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mirror.dir_mode & 0o777)
+            .create(dest)
+            .context(|| format!("cannot create dest {}", dest.display()))?;
+    }
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(dest)
+        .context(|| {
+            format!(
+                "cannot open dest {} (it must be a directory, not a symlink)",
+                dest.display()
+            )
+        })?;
+    let until = Instant::now() + DEST_LOCK_WAIT;
+    loop {
+        match dir.try_lock() {
+            Ok(()) => return Ok(dir),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Internal(format!(
+                    "dest {} is still locked by an earlier transfer after {}s",
+                    dest.display(),
+                    DEST_LOCK_WAIT.as_secs()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("cannot lock dest {}", dest.display()), e))
+            }
+        }
+    }
+}
+
+/// Empties (or creates) rsync's temporary directory: leftovers of an
+/// aborted run go away here.
+fn prepare_temp_dir(dest: &Path) -> Result<()> {
+    let tmp = dest.join(argv::TEMP_DIR);
+    match std::fs::symlink_metadata(&tmp) {
+        Ok(md) if md.file_type().is_dir() => {
+            for entry in
+                std::fs::read_dir(&tmp).context(|| format!("cannot read {}", tmp.display()))?
+            {
+                let entry = entry.context(|| format!("cannot read {}", tmp.display()))?;
+                let p = entry.path();
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                let r = if is_dir {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                r.context(|| format!("cannot remove leftover {}", p.display()))?;
+            }
+        }
+        Ok(_) => {
+            std::fs::remove_file(&tmp).context(|| format!("cannot remove {}", tmp.display()))?;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&tmp)
+                .context(|| format!("cannot create {}", tmp.display()))?;
+        }
+        Err(_) => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&tmp)
+                .context(|| format!("cannot create {}", tmp.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Watches stdin when it is a pipe from the gate: EOF means the gate died.
+fn watch_lifeline() -> Arc<AtomicBool> {
+    let cut = Arc::new(AtomicBool::new(false));
+    let is_pipe = nix::sys::stat::fstat(std::io::stdin())
+        .map(|st| {
+            nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+                == nix::sys::stat::SFlag::S_IFIFO
+        })
+        .unwrap_or(false);
+    if is_pipe {
+        let flag = cut.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            flag.store(true, Ordering::SeqCst);
+        });
+    }
+    cut
+}
+
+struct RsyncWatch<'a> {
+    stats: Stats,
+    errors: Vec<String>,
+    cut: &'a AtomicBool,
+}
+
+impl Watcher for RsyncWatch<'_> {
+    fn line(&mut self, stream: Stream, line: &str) {
+        self.stats.feed(line);
+        if stream == Stream::Stderr && !line.trim().is_empty() {
+            crate::progress::say(line);
+            if self.errors.len() < 20 {
+                self.errors.push(line.to_string());
+            }
+        }
+    }
+    fn abort(&mut self) -> bool {
+        self.cut.load(Ordering::SeqCst) || crate::signals::terminate_requested()
+    }
+}
+
+fn run_rsync(
+    argv: &[String],
+    home: &str,
+    lock: &File,
+    cut: &AtomicBool,
+) -> Result<(i32, Stats, Vec<String>, bool)> {
+    // The dest lock goes to rsync and every process it forks.
+    nix::fcntl::fcntl(
+        lock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(|e| Error::Internal(format!("fcntl: {e}")))?;
+    let _ = lock.as_raw_fd();
+    let mut child = child::spawn(child::Spec {
+        argv,
+        env: vec![("HOME".into(), home.into())],
+        own_group: true,
+        die_with_parent: true,
+        lifeline: false,
+    })
+    .context(|| format!("cannot run {}", argv[0]))?;
+    let mut w = RsyncWatch {
+        stats: Stats::default(),
+        errors: Vec::new(),
+        cut,
+    };
+    let fin = child
+        .wait(None, RSYNC_GRACE, &mut w)
+        .context(|| "waiting for rsync".into())?;
+    nix::fcntl::fcntl(
+        lock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| Error::Internal(format!("fcntl: {e}")))?;
+    Ok((
+        child::code_of(&fin.status),
+        w.stats,
+        w.errors,
+        fin.ending != child::Ending::Exited,
+    ))
+}
+
+fn home_of(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir.display().to_string())
+        .unwrap_or_else(|| "/".into())
+}
+
+/// `syncgate transfer MIRROR`: both rsync stages.
+pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
+    let m = cfg.mirror(name)?;
+    check_trust(cfg, m)?;
+    let cut = watch_lifeline();
+    crate::signals::install();
+    let lock = lock_dest(m)?;
+    prepare_temp_dir(&m.dest)?;
+    let home = home_of(nix::unistd::getuid().as_raw());
+    let mut report = TransferReport::default();
+
+    let a1 = argv::rsync_stage1(cfg, m);
+    crate::progress::say(&format!(
+        "stage 1: all but {} (no deletions)",
+        m.last.join(" ")
+    ));
+    let (code, stats, errors, stopped) = run_rsync(&a1, &home, &lock, &cut)?;
+    report.stage1 = stats;
+    report.rsync_exit = Some(code);
+    if stopped {
+        report.message = "stage 1 stopped (sync aborted or timed out); nothing published".into();
+        return Ok(report);
+    }
+    if !matches!(code, 0 | 24 | 25) {
+        report.message = format!(
+            "stage 1 failed: rsync exited {code} ({}){}; checksum files and markers were not published",
+            crate::rsync::describe(code),
+            errors.last().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+        return Ok(report);
+    }
+    let pending = report.stage1.deletes_skipped;
+    if pending > m.max_delete {
+        report.rsync_exit = Some(25);
+        report.message = format!(
+            "upstream would delete {pending} files, more than max_delete = {}; nothing was deleted and no checksum file or marker was published (raise max_delete if this is intended)",
+            m.max_delete
+        );
+        return Ok(report);
+    }
+
+    let full = pending > 0;
+    let a2 = argv::rsync_stage2(cfg, m, full);
+    crate::progress::say(&format!(
+        "stage 2: {} with delayed updates{}",
+        if full { "everything" } else { "the last files" },
+        if full {
+            format!(", deleting {pending}")
+        } else {
+            String::new()
+        }
+    ));
+    let (code, stats, errors, stopped) = run_rsync(&a2, &home, &lock, &cut)?;
+    report.stage2 = Some(stats);
+    report.stage2_full = full;
+    report.rsync_exit = Some(code);
+    if stopped {
+        report.message = "stage 2 stopped (sync aborted or timed out)".into();
+        return Ok(report);
+    }
+    if !matches!(code, 0 | 24) {
+        report.message = format!(
+            "stage 2 failed: rsync exited {code} ({}){}",
+            crate::rsync::describe(code),
+            errors.last().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+        return Ok(report);
+    }
+    report.ok = true;
+    report.message = if code == 24 {
+        "transferred (some upstream files vanished during the transfer)".into()
+    } else {
+        "transferred".into()
+    };
+    Ok(report)
+}
+
+/// `syncgate fix-perms MIRROR`: verify and repair owner, group and modes.
+pub fn fix_perms(cfg: &Config, name: &str) -> Result<FixPermsReport> {
+    let m = cfg.mirror(name)?;
+    check_trust(cfg, m)?;
+    let _lock = lock_dest(m)?;
+    let policy = crate::fixperms::PermPolicy {
+        uid: m.owner_uid,
+        gid: m.reader_gid,
+        file_mode: m.file_mode,
+        dir_mode: m.dir_mode,
+    };
+    Ok(match crate::fixperms::fix_tree(&m.dest, &policy) {
+        Ok(r) => FixPermsReport {
+            ok: true,
+            message: format!(
+                "{} entries checked, {} repaired, {} removed",
+                r.entries, r.changed, r.removed
+            ),
+            entries: r.entries,
+            changed: r.changed,
+            removed: r.removed,
+            notes: r.notes,
+        },
+        Err(e) => FixPermsReport {
+            ok: false,
+            message: e.to_string(),
+            ..Default::default()
+        },
+    })
+}

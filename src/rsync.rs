@@ -1,0 +1,116 @@
+//! Reading rsync's results: the `--stats` summary and its exit codes.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub files_total: u64,
+    pub files_transferred: u64,
+    pub files_created: u64,
+    pub files_deleted: u64,
+    pub bytes_transferred: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Deletions rsync counted but did not do (`--max-delete` limit).
+    pub deletes_skipped: u64,
+}
+
+fn number(line: &str, label: &str) -> Option<u64> {
+    let rest = line.strip_prefix(label)?.trim_start();
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',' || *c == '.')
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+impl Stats {
+    /// Feeds one line of rsync's stdout or stderr.
+    pub fn feed(&mut self, line: &str) {
+        let line = line.trim();
+        if let Some(n) = number(line, "Number of files:") {
+            self.files_total = n;
+        } else if let Some(n) = number(line, "Number of created files:") {
+            self.files_created = n;
+        } else if let Some(n) = number(line, "Number of deleted files:") {
+            self.files_deleted = n;
+        } else if let Some(n) = number(line, "Number of regular files transferred:") {
+            self.files_transferred = n;
+        } else if let Some(n) = number(line, "Total transferred file size:") {
+            self.bytes_transferred = n;
+        } else if let Some(n) = number(line, "Total bytes received:") {
+            self.bytes_received = n;
+        } else if let Some(n) = number(line, "Total bytes sent:") {
+            self.bytes_sent = n;
+        } else if let Some(rest) =
+            line.strip_prefix("Deletions stopped due to --max-delete limit (")
+        {
+            if let Some(n) = number(rest, "") {
+                self.deletes_skipped = n;
+            }
+        }
+    }
+}
+
+/// rsync's exit codes, in words (from rsync(1)).
+pub fn describe(code: i32) -> &'static str {
+    match code {
+        0 => "success",
+        1 => "syntax or usage error",
+        2 => "protocol incompatibility",
+        3 => "errors selecting input/output files, dirs",
+        4 => "requested action not supported",
+        5 => "error starting client-server protocol",
+        6 => "daemon unable to append to log-file",
+        10 => "error in socket I/O",
+        11 => "error in file I/O",
+        12 => "error in rsync protocol data stream",
+        13 => "errors with program diagnostics",
+        14 => "error in IPC code",
+        20 => "received SIGUSR1 or SIGINT",
+        21 => "some error returned by waitpid()",
+        22 => "error allocating core memory buffers",
+        23 => "partial transfer due to error",
+        24 => "partial transfer due to vanished source files",
+        25 => "the --max-delete limit stopped deletions",
+        30 => "timeout in data send/receive",
+        35 => "timeout waiting for daemon connection",
+        _ => "unknown error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stats_summary_is_parsed() {
+        let out = "\
+Number of files: 1,234 (reg: 1,000, dir: 234)
+Number of created files: 12 (reg: 10, dir: 2)
+Number of deleted files: 3
+Number of regular files transferred: 10
+Total file size: 99,999,999 bytes
+Total transferred file size: 67,108,864 bytes
+Total bytes sent: 1,024
+Total bytes received: 67,200,000
+Deletions stopped due to --max-delete limit (7 skipped)
+";
+        let mut s = Stats::default();
+        out.lines().for_each(|l| s.feed(l));
+        assert_eq!(
+            s,
+            Stats {
+                files_total: 1234,
+                files_transferred: 10,
+                files_created: 12,
+                files_deleted: 3,
+                bytes_transferred: 67_108_864,
+                bytes_received: 67_200_000,
+                bytes_sent: 1024,
+                deletes_skipped: 7,
+            }
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! One sync run, from the gate's side: the owner-side `transfer` and then
+//! `fix-perms`, each launched through the argv in [`crate::argv`], with the
+//! wall-clock timeout, heartbeats and signal handling enforced here.
+
+use std::time::{Duration, Instant};
+
+use crate::argv::{self, OwnerVerb};
+use crate::child::{self, Ending, Stream, Watcher};
+use crate::config::{Config, Mirror, Privilege};
+use crate::error::exit;
+use crate::owner::{FixPermsReport, TransferReport};
+use crate::progress::{human_secs, say};
+use crate::state::RunResult;
+
+/// Time an owner-side command gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub result: RunResult,
+    pub exit_code: u8,
+    pub rsync_exit: Option<i32>,
+    pub message: String,
+    pub bytes: u64,
+    pub files: u64,
+    pub deleted: u64,
+}
+
+impl Outcome {
+    fn failed(result: RunResult, message: String, rsync_exit: Option<i32>) -> Outcome {
+        Outcome {
+            result,
+            exit_code: exit::SYNC_FAILED,
+            rsync_exit,
+            message,
+            bytes: 0,
+            files: 0,
+            deleted: 0,
+        }
+    }
+}
+
+struct GateWatch<'a> {
+    mirror: &'a str,
+    run: u64,
+    started: Instant,
+    beat: Duration,
+    next_beat: Instant,
+    stdout: Vec<String>,
+    stderr_tail: Vec<String>,
+}
+
+impl Watcher for GateWatch<'_> {
+    fn line(&mut self, stream: Stream, line: &str) {
+        match stream {
+            Stream::Stdout => self.stdout.push(line.to_string()),
+            Stream::Stderr => {
+                // Already "syncgate: ..." from the owner side; rsync's and
+                // sudo's own lines pass through as they are.
+                crate::progress::relay(line);
+                if self.stderr_tail.len() == 10 {
+                    self.stderr_tail.remove(0);
+                }
+                self.stderr_tail.push(line.to_string());
+            }
+        }
+    }
+    fn tick(&mut self) {
+        if Instant::now() >= self.next_beat {
+            self.next_beat += self.beat;
+            say(&format!(
+                "{}: run #{} running for {}",
+                self.mirror,
+                self.run,
+                human_secs(self.started.elapsed().as_secs())
+            ));
+        }
+    }
+    fn abort(&mut self) -> bool {
+        crate::signals::terminate_requested()
+    }
+}
+
+enum Step<T> {
+    Report(T),
+    Stopped(RunResult, String),
+    NoReport(String),
+}
+
+fn run_owner_step<T: serde::de::DeserializeOwned>(
+    cfg: &Config,
+    m: &Mirror,
+    verb: OwnerVerb,
+    run: u64,
+    started: Instant,
+    deadline: Instant,
+) -> Step<T> {
+    let argv = argv::launch(cfg, m, verb);
+    let mut child = match child::spawn(child::Spec {
+        argv: &argv,
+        env: vec![],
+        own_group: true,
+        die_with_parent: true,
+        lifeline: true,
+    }) {
+        Ok(c) => c,
+        Err(e) => return Step::NoReport(format!("cannot run {}: {e}", argv[0])),
+    };
+    let beat = Duration::from_secs(cfg.heartbeat);
+    let mut w = GateWatch {
+        mirror: &m.name,
+        run,
+        started,
+        beat,
+        next_beat: Instant::now() + beat,
+        stdout: vec![],
+        stderr_tail: vec![],
+    };
+    let fin = match child.wait(Some(deadline), GRACE, &mut w) {
+        Ok(f) => f,
+        Err(e) => return Step::NoReport(format!("waiting for {}: {e}", verb.as_str())),
+    };
+    match fin.ending {
+        Ending::TimedOut => {
+            return Step::Stopped(
+                RunResult::Timeout,
+                format!(
+                    "timed out after {} (timeout = {}s); rsync was stopped",
+                    human_secs(started.elapsed().as_secs()),
+                    m.timeout
+                ),
+            )
+        }
+        Ending::Aborted => {
+            return Step::Stopped(
+                RunResult::Aborted,
+                "stopped by a signal; rsync was stopped".into(),
+            )
+        }
+        Ending::Exited => {}
+    }
+    if let Some(report) = w
+        .stdout
+        .iter()
+        .rev()
+        .find_map(|l| serde_json::from_str::<T>(l).ok())
+    {
+        return Step::Report(report);
+    }
+    let code = child::code_of(&fin.status);
+    let mut msg = format!("{} exited {code} without a report", verb.as_str());
+    if let Some(last) = w.stderr_tail.last() {
+        msg.push_str(&format!(": {last}"));
+    }
+    if cfg.privilege == Privilege::Sudo && w.stderr_tail.iter().any(|l| l.starts_with("sudo:")) {
+        msg.push_str(" (the sudoers rule does not match this config: run `syncgate check`)");
+    }
+    Step::NoReport(msg)
+}
+
+/// Runs the sync. Never panics on child trouble: every way it can end is an
+/// [`Outcome`] with a message.
+pub fn execute(cfg: &Config, m: &Mirror, run: u64) -> Outcome {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(m.timeout);
+
+    let t: TransferReport =
+        match run_owner_step(cfg, m, OwnerVerb::Transfer, run, started, deadline) {
+            Step::Report(r) => r,
+            Step::Stopped(result, msg) => return Outcome::failed(result, msg, None),
+            Step::NoReport(msg) => return Outcome::failed(RunResult::Failed, msg, None),
+        };
+    if !t.ok {
+        return Outcome::failed(RunResult::Failed, t.message, t.rsync_exit);
+    }
+    let s2 = t.stage2.clone().unwrap_or_default();
+    let bytes = t.stage1.bytes_transferred + s2.bytes_transferred;
+    let files = t.stage1.files_transferred + s2.files_transferred;
+    let deleted = s2.files_deleted;
+
+    let f: FixPermsReport =
+        match run_owner_step(cfg, m, OwnerVerb::FixPerms, run, started, deadline) {
+            Step::Report(r) => r,
+            Step::Stopped(result, msg) => return Outcome::failed(result, msg, t.rsync_exit),
+            Step::NoReport(msg) => return Outcome::failed(RunResult::Failed, msg, t.rsync_exit),
+        };
+    if !f.ok {
+        return Outcome::failed(
+            RunResult::Failed,
+            format!("permissions could not be enforced: {}", f.message),
+            t.rsync_exit,
+        );
+    }
+    Outcome {
+        result: RunResult::Success,
+        exit_code: exit::OK,
+        rsync_exit: t.rsync_exit,
+        message: format!("{}; permissions: {}", t.message, f.message),
+        bytes,
+        files,
+        deleted,
+    }
+}

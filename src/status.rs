@@ -1,0 +1,115 @@
+//! `syncgate status`: what each mirror is doing and how its last runs went.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::progress::human_secs;
+use crate::state::{now, MirrorState, RunRecord, Running};
+use crate::statedir::StateDir;
+use crate::timefmt::iso;
+
+/// The `status --json` document. Field names are a stable interface:
+/// fields may be added, never renamed or removed, within `version` 1.
+#[derive(Debug, Serialize)]
+pub struct StatusDoc {
+    pub version: u32,
+    pub generated: u64,
+    pub mirrors: Vec<MirrorStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MirrorStatus {
+    pub name: String,
+    /// "idle", "running", or "stale" (a run is recorded as running but no
+    /// process holds the lock: it died and the next request will record it).
+    pub state: &'static str,
+    pub running: Option<Running>,
+    pub waiting: u64,
+    pub last_run: Option<RunRecord>,
+    pub last_success: Option<u64>,
+    pub last_success_age: Option<u64>,
+    pub warning: Option<String>,
+}
+
+pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
+    let t = now();
+    let mut mirrors = Vec::new();
+    for name in names {
+        let loaded = MirrorState::load(sd, name)?;
+        let st = loaded.state;
+        let usage = crate::locks::usage(&sd.lock_path(name));
+        let state = match (&st.running, usage.held) {
+            (Some(_), true) => "running",
+            (Some(_), false) => "stale",
+            (None, _) => "idle",
+        };
+        let _ = cfg;
+        mirrors.push(MirrorStatus {
+            name: name.clone(),
+            state,
+            waiting: usage.waiting,
+            last_run: st.last_run().cloned(),
+            last_success: st.last_success,
+            last_success_age: st.last_success.map(|s| t.saturating_sub(s)),
+            running: st.running,
+            warning: loaded.warning,
+        });
+    }
+    Ok(StatusDoc {
+        version: 1,
+        generated: t,
+        mirrors,
+    })
+}
+
+pub fn render(doc: &StatusDoc) -> String {
+    let mut out = String::new();
+    let t = doc.generated;
+    for m in &doc.mirrors {
+        let head = match (&m.running, m.state) {
+            (Some(r), "running") => format!(
+                "running run #{} since {} ({}), {} by {}",
+                r.run,
+                iso(r.started),
+                human_secs(t.saturating_sub(r.started)),
+                r.trigger,
+                r.requester
+            ),
+            (Some(r), _) => format!(
+                "stale: run #{} (pid {}) died; the next request records it",
+                r.run, r.pid
+            ),
+            _ => "idle".into(),
+        };
+        out.push_str(&format!("{}: {}; {} waiting\n", m.name, head, m.waiting));
+        match &m.last_run {
+            Some(r) => out.push_str(&format!(
+                "  last run: #{} {} at {} ({} ago, took {}): {} files, {} bytes, {} deleted, served {}{}\n",
+                r.run,
+                r.result.as_str(),
+                iso(r.ended),
+                human_secs(t.saturating_sub(r.ended)),
+                human_secs(r.ended.saturating_sub(r.started)),
+                r.files,
+                r.bytes,
+                r.deleted,
+                r.served,
+                if r.message.is_empty() { String::new() } else { format!("; {}", r.message) }
+            )),
+            None => out.push_str("  last run: never\n"),
+        }
+        match m.last_success {
+            Some(s) => out.push_str(&format!(
+                "  last success: {} ({} ago)\n",
+                iso(s),
+                human_secs(t.saturating_sub(s))
+            )),
+            None => out.push_str("  last success: never\n"),
+        }
+        if let Some(w) = &m.warning {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
+    }
+    out
+}
