@@ -1,1 +1,4 @@
 //! syncgate: a queued, coalescing, privilege-separated mirror sync.
+
+pub mod policy;
+pub mod request;
