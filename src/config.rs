@@ -120,7 +120,7 @@ pub struct KeyConfig {
     pub name: String,
     pub verbs: Vec<String>,
     pub mirrors: Vec<String>,
-    pub from: Vec<String>,
+    pub from: Vec<crate::policy::Cidr>,
 }
 
 // ---- raw, as written in the file -------------------------------------------
@@ -665,10 +665,10 @@ fn validate_key(
     }
     let mut from = Vec::new();
     for f in &k.from {
-        if let Err(why) = crate::netmask::check(f.get_ref()) {
-            return src.err(f.span(), &format!("key.{n}.from"), why);
+        match f.get_ref().parse::<crate::policy::Cidr>() {
+            Ok(c) => from.push(c),
+            Err(why) => return src.err(f.span(), &format!("key.{n}.from"), why),
         }
-        from.push(f.get_ref().clone());
     }
     Ok(KeyConfig {
         name: n,
