@@ -1,7 +1,7 @@
 //! The command line, defined once: `--help`, the man page and the shell
 //! completions are all generated from this.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -14,9 +14,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 70 internal error, 75 queue timeout, 77 not permitted, 78 configuration error."
 )]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, value_name = "PATH", default_value = crate::config::DEFAULT_PATH)]
-    pub config: PathBuf,
+    /// Configuration file [default: /etc/syncgate/syncgate.toml].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -54,8 +54,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The SSH forced command: serve SSH_ORIGINAL_COMMAND for key NAME.
+    ///
+    /// SSH verbs: `sync [MIRROR]`, `sync:all`, `sync:archive:MIRROR`,
+    /// `sync:stage1`, `sync:stage2`, `status [MIRROR] [--json]`, `help`.
+    Ssh {
+        /// The key's name, from the admin-written authorized_keys line.
+        #[arg(long, value_name = "NAME")]
+        key: String,
+    },
+    /// Print an authorized_keys line that binds PUBKEY_FILE to the gate.
+    AuthorizedKey {
+        #[arg(long, value_name = "NAME")]
+        key: String,
+        /// Client networks allowed to use the key (repeatable).
+        #[arg(long, value_name = "CIDR")]
+        from: Vec<String>,
+        pubkey_file: PathBuf,
+    },
     /// Owner side: run both rsync stages for MIRROR (run by the gate, through sudo).
     Transfer { mirror: String },
     /// Owner side: enforce owner, reader group and modes on MIRROR's tree.
     FixPerms { mirror: String },
+}
+
+impl Cli {
+    pub fn config_path(&self) -> &Path {
+        self.config
+            .as_deref()
+            .unwrap_or(Path::new(crate::config::DEFAULT_PATH))
+    }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fixperms;
+pub mod gate;
 pub mod locks;
 pub mod owner;
 pub mod policy;
@@ -68,15 +69,42 @@ fn who_am_i() -> String {
 }
 
 fn dispatch(cli: Cli) -> Result<u8> {
-    match cli.command {
+    match &cli.command {
+        Command::Ssh { key } => gate::run(cli.config_path(), key),
+        Command::AuthorizedKey {
+            key,
+            from,
+            pubkey_file,
+        } => {
+            let mut nets = Vec::new();
+            for f in from {
+                nets.push(
+                    f.parse::<policy::Cidr>()
+                        .map_err(|e| Error::Usage(format!("--from {f:?}: {e}")))?,
+                );
+            }
+            let pubkey = std::fs::read_to_string(pubkey_file)
+                .map_err(|e| Error::Usage(format!("{}: {e}", pubkey_file.display())))?;
+            let binary = Config::load(cli.config_path())
+                .map(|c| c.binary)
+                .unwrap_or_else(|_| std::path::PathBuf::from("/usr/bin/syncgate"));
+            let line =
+                gate::authorized_key_line(&binary, cli.config.as_deref(), key, &nets, &pubkey)?;
+            println!("{line}");
+            Ok(exit::OK)
+        }
         Command::Sync {
             mirrors,
             all,
             trigger,
         } => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(cli.config_path())?;
             signals::install();
-            let mirrors = if all { cfg.mirror_names() } else { mirrors };
+            let mirrors = if *all {
+                cfg.mirror_names()
+            } else {
+                mirrors.clone()
+            };
             let trigger = match trigger {
                 CliTrigger::Cli => Trigger::Cli,
                 CliTrigger::Timer => Trigger::Timer,
@@ -95,14 +123,14 @@ fn dispatch(cli: Cli) -> Result<u8> {
             sync::sync(&cfg, &mirrors, &req, &[], &mut audit)
         }
         Command::Status { mirror, json } => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(cli.config_path())?;
             let names = match mirror {
-                Some(m) => vec![cfg.mirror(&m)?.name.clone()],
+                Some(m) => vec![cfg.mirror(m)?.name.clone()],
                 None => cfg.mirror_names(),
             };
             let sd = statedir::StateDir::open(&cfg.state_dir)?;
             let doc = status::collect(&cfg, &sd, &names)?;
-            let out = if json {
+            let out = if *json {
                 let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
                 s.push('\n');
                 s
@@ -114,8 +142,8 @@ fn dispatch(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Transfer { mirror } => {
-            let cfg = Config::load(&cli.config)?;
-            let report = owner::transfer(&cfg, &mirror)?;
+            let cfg = Config::load(cli.config_path())?;
+            let report = owner::transfer(&cfg, mirror)?;
             println!(
                 "{}",
                 serde_json::to_string(&report).expect("report serializes")
@@ -127,8 +155,8 @@ fn dispatch(cli: Cli) -> Result<u8> {
             })
         }
         Command::FixPerms { mirror } => {
-            let cfg = Config::load(&cli.config)?;
-            let report = owner::fix_perms(&cfg, &mirror)?;
+            let cfg = Config::load(cli.config_path())?;
+            let report = owner::fix_perms(&cfg, mirror)?;
             println!(
                 "{}",
                 serde_json::to_string(&report).expect("report serializes")
