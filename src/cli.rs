@@ -72,6 +72,15 @@ pub enum Command {
         from: Vec<String>,
         pubkey_file: PathBuf,
     },
+    /// Print the sudoers.d rule for this config; --install validates it with
+    /// visudo and installs it as /etc/sudoers.d/syncgate (mode 0440).
+    Sudoers {
+        #[arg(long)]
+        install: bool,
+    },
+    /// Diagnose accounts, sudo rules, directories and programs; one line per
+    /// finding, each problem with a fix. Exits 1 if anything is wrong.
+    Check,
     /// Owner side: run both rsync stages for MIRROR (run by the gate, through sudo).
     Transfer { mirror: String },
     /// Owner side: enforce owner, reader group and modes on MIRROR's tree.

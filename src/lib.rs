@@ -5,6 +5,7 @@
 
 pub mod argv;
 pub mod audit;
+pub mod check;
 pub mod child;
 pub mod cli;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod signals;
 pub mod state;
 pub mod statedir;
 pub mod status;
+pub mod sudoers;
 pub mod sync;
 pub mod timefmt;
 
@@ -140,6 +142,25 @@ fn dispatch(cli: Cli) -> Result<u8> {
             use std::io::Write;
             let _ = std::io::stdout().write_all(out.as_bytes());
             Ok(exit::OK)
+        }
+        Command::Sudoers { install } => {
+            let cfg = Config::load(cli.config_path())?;
+            if *install {
+                sudoers::install(&cfg, std::path::Path::new(sudoers::INSTALL_PATH))?;
+                progress::say(&format!(
+                    "installed {} (validated by visudo)",
+                    sudoers::INSTALL_PATH
+                ));
+            } else {
+                print!("{}", sudoers::render(&cfg)?);
+            }
+            Ok(exit::OK)
+        }
+        Command::Check => {
+            let cfg = Config::load(cli.config_path())?;
+            let report = check::check(&cfg);
+            print!("{}", report.render());
+            Ok(report.exit_code())
         }
         Command::Transfer { mirror } => {
             let cfg = Config::load(cli.config_path())?;
