@@ -1,0 +1,451 @@
+//! The core: queue, coalescing, two-stage publish, limits, crash recovery,
+//! config errors. Real rsync, local paths, no root needed.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::fixture::{bytes, processes_mentioning, text, Fixture};
+
+#[test]
+fn a_first_sync_publishes_the_tree_with_the_configured_modes() {
+    let f = Fixture::new("file_mode = \"0644\"\ndir_mode = \"0755\"");
+    f.put("r1/a.iso", &bytes(10_000, 1));
+    f.put("r1/SHA256SUMS", b"x  a.iso\n");
+    std::os::unix::fs::symlink("r1", f.upstream.join("current")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", f.upstream.join("evil")).unwrap();
+
+    let out = f.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(f.dest_path("r1/a.iso")).unwrap(),
+        bytes(10_000, 1)
+    );
+    assert_eq!(
+        std::fs::metadata(f.dest_path("r1/a.iso")).unwrap().mode() & 0o7777,
+        0o644
+    );
+    assert_eq!(
+        std::fs::metadata(f.dest_path("r1")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::read_link(f.dest_path("current")).unwrap().to_str(),
+        Some("r1")
+    );
+    assert!(
+        std::fs::symlink_metadata(f.dest_path("evil")).is_err(),
+        "a symlink pointing outside the tree must never be created"
+    );
+    let s = f.state();
+    assert_eq!(s["runs"][0]["result"], "success");
+    assert_eq!(s["runs"][0]["files"], 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run #1 succeeded"));
+}
+
+#[test]
+fn a_burst_of_twenty_requests_behind_a_running_sync_is_served_by_one_more_run() {
+    let f = Fixture::new("bwlimit = 2000");
+    f.put("big.iso", &bytes(3 << 20, 2));
+    let mut first = f.spawn_sync();
+    f.wait_running(Duration::from_secs(20));
+
+    let burst: Vec<_> = (0..20).map(|_| f.spawn_sync()).collect();
+    let outs: Vec<_> = burst
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let first = first.wait().unwrap();
+    assert!(first.success());
+    for o in &outs {
+        assert!(o.status.success(), "{}", text(o));
+    }
+
+    let s = f.state();
+    assert_eq!(
+        s["last_started"], 2,
+        "the burst must be served by exactly one further run: {s:#}"
+    );
+    assert_eq!(s["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(s["runs"][0]["served"], 1);
+    assert_eq!(s["runs"][1]["served"], 20);
+    let ran = outs
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("run #2 succeeded"))
+        .count();
+    let coalesced = outs
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("served by run #2"))
+        .count();
+    assert_eq!((ran, coalesced), (1, 19));
+    assert!(outs
+        .iter()
+        .all(|o| String::from_utf8_lossy(&o.stderr).contains("queued behind run #1")));
+}
+
+#[test]
+fn a_request_is_never_served_by_a_run_that_started_before_it_arrived() {
+    let f = Fixture::new("bwlimit = 2000");
+    f.put("big.iso", &bytes(2 << 20, 3));
+    let mut first = f.spawn_sync();
+    f.wait_running(Duration::from_secs(20));
+    // Upstream changes while run #1 is running; the new request must see it.
+    f.put("late.iso", b"arrived late");
+    let out = f.sync();
+    assert!(first.wait().unwrap().success());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run #2"));
+    assert_eq!(
+        std::fs::read(f.dest_path("late.iso")).unwrap(),
+        b"arrived late"
+    );
+}
+
+/// Reads the published tree over and over: every file a published
+/// SHA256SUMS names must exist with exactly the content it had upstream.
+fn observe(
+    dest: std::path::PathBuf,
+    expected: BTreeMap<String, Vec<u8>>,
+    stop: Arc<AtomicBool>,
+) -> (u64, Vec<String>) {
+    let mut observations = 0;
+    let mut violations = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(sums) = std::fs::read_to_string(dest.join("SHA256SUMS")) {
+            observations += 1;
+            for line in sums.lines() {
+                let name = line.split_whitespace().nth(1).unwrap().to_string();
+                match std::fs::read(dest.join(&name)) {
+                    Ok(b) if Some(&b) == expected.get(&name) => {}
+                    Ok(b) => violations.push(format!(
+                        "{name}: {} bytes, not the published content",
+                        b.len()
+                    )),
+                    Err(e) => violations.push(format!("{name}: {e}")),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (observations, violations)
+}
+
+#[test]
+fn a_reader_never_sees_a_checksum_file_naming_a_missing_or_incomplete_file() {
+    let f = Fixture::new("bwlimit = 4000");
+    let mut expected = BTreeMap::new();
+    let v1 = bytes(200_000, 10);
+    f.put("release-1.iso", &v1);
+    f.put("SHA256SUMS", b"0  release-1.iso\n");
+    expected.insert("release-1.iso".to_string(), v1);
+    assert!(f.sync().status.success());
+
+    // Release 2: two large new images, release 1 removed, checksums replaced.
+    for (i, name) in ["release-2-amd64.iso", "release-2-arm64.iso"]
+        .iter()
+        .enumerate()
+    {
+        let b = bytes(3 << 20, 20 + i as u64);
+        f.put(name, &b);
+        expected.insert(name.to_string(), b);
+    }
+    std::fs::remove_file(f.upstream.join("release-1.iso")).unwrap();
+    f.put(
+        "SHA256SUMS",
+        b"0  release-2-amd64.iso\n0  release-2-arm64.iso\n",
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (dest, stop) = (f.dest.clone(), stop.clone());
+        std::thread::spawn(move || observe(dest, expected, stop))
+    };
+    let out = f.sync();
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::SeqCst);
+    let (observations, violations) = reader.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        observations > 50,
+        "the reader observed only {observations} times"
+    );
+    assert_eq!(
+        violations,
+        Vec::<String>::new(),
+        "after {observations} observations"
+    );
+    assert!(
+        !f.dest_path("release-1.iso").exists(),
+        "stage 2 deletes what upstream removed"
+    );
+}
+
+#[test]
+fn the_wall_clock_timeout_stops_rsync_and_its_children() {
+    let f = Fixture::new("bwlimit = 200\ntimeout = 2");
+    f.put("big.iso", &bytes(8 << 20, 4));
+    let t = Instant::now();
+    let out = f.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(f.state()["runs"][0]["result"], "timeout");
+    assert_eq!(
+        processes_mentioning(&f.dest),
+        vec![],
+        "no rsync may be left running"
+    );
+    assert!(!f.dest_path("big.iso").exists());
+}
+
+#[test]
+fn after_kill_9_of_a_running_sync_the_next_request_proceeds_and_records_the_death() {
+    let f = Fixture::new("bwlimit = 1000");
+    f.put("big.iso", &bytes(4 << 20, 5));
+    let mut first = f.spawn_sync();
+    f.wait_running(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    first.wait().unwrap();
+
+    f.set_mirror_extra("");
+    let out = f.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run #1") && err.contains("died"), "{err}");
+    assert!(
+        !err.contains("queued"),
+        "the lock must be free at once: {err}"
+    );
+    let s = f.state();
+    assert_eq!(s["runs"][0]["run"], 1);
+    assert_eq!(s["runs"][0]["result"], "died");
+    assert_eq!(s["runs"][1]["result"], "success");
+    assert_eq!(
+        std::fs::read(f.dest_path("big.iso")).unwrap(),
+        bytes(4 << 20, 5)
+    );
+    assert_eq!(processes_mentioning(&f.dest), vec![]);
+}
+
+#[test]
+fn max_delete_stops_a_wiped_upstream_before_anything_is_deleted_or_published() {
+    let f = Fixture::new("max_delete = 2");
+    for i in 0..5 {
+        f.put(&format!("f{i}.iso"), &bytes(1000, i));
+    }
+    f.put("SHA256SUMS", b"old\n");
+    assert!(f.sync().status.success());
+    for i in 0..4 {
+        std::fs::remove_file(f.upstream.join(format!("f{i}.iso"))).unwrap();
+    }
+    f.put("SHA256SUMS", b"new checksums\n");
+    let out = f.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_delete"),
+        "{}",
+        text(&out)
+    );
+    for i in 0..5 {
+        assert!(f.dest_path(&format!("f{i}.iso")).exists());
+    }
+    assert_eq!(std::fs::read(f.dest_path("SHA256SUMS")).unwrap(), b"old\n");
+    assert_eq!(f.state()["runs"][1]["rsync_exit"], 25);
+
+    f.set_mirror_extra("max_delete = 4");
+    let out = f.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!f.dest_path("f0.iso").exists());
+    assert_eq!(
+        std::fs::read(f.dest_path("SHA256SUMS")).unwrap(),
+        b"new checksums\n"
+    );
+    assert_eq!(f.state()["runs"][2]["deleted"], 4);
+}
+
+#[test]
+fn a_request_that_waits_longer_than_queue_timeout_exits_75() {
+    let f = Fixture::new("bwlimit = 1000\nqueue_timeout = 1");
+    f.put("big.iso", &bytes(4 << 20, 6));
+    let mut first = f.spawn_sync();
+    f.wait_running(Duration::from_secs(20));
+    let out = f.sync();
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue_timeout"));
+    assert!(first.wait().unwrap().success());
+    assert_eq!(
+        f.state()["last_started"],
+        1,
+        "a request that gave up causes no run"
+    );
+}
+
+#[test]
+fn leftovers_of_an_aborted_run_are_cleaned() {
+    let f = Fixture::new("");
+    f.put("sub/a.iso", b"a");
+    assert!(f.sync().status.success());
+    std::fs::write(f.dest_path(".syncgate-tmp/.a.iso.XXXXXX"), b"partial").unwrap();
+    std::fs::create_dir_all(f.dest_path("sub/.~tmp~")).unwrap();
+    std::fs::write(f.dest_path("sub/.~tmp~/a.iso"), b"delayed").unwrap();
+    let out = f.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!f.dest_path(".syncgate-tmp/.a.iso.XXXXXX").exists());
+    assert!(!f.dest_path("sub/.~tmp~").exists());
+}
+
+#[test]
+fn a_corrupt_state_file_is_replaced_with_a_warning_and_no_false_success() {
+    let f = Fixture::new("");
+    f.put("a.iso", b"a");
+    assert!(f.sync().status.success());
+    std::fs::write(
+        f.state.join("m.state.json"),
+        b"{\"version\": 1, \"runs\": [tru",
+    )
+    .unwrap();
+    let st = f.cmd(&["status", "--json"]).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(doc["mirrors"][0]["warning"]
+        .as_str()
+        .unwrap()
+        .contains("corrupt"));
+    assert!(
+        doc["mirrors"][0]["last_success"].is_null(),
+        "no success may be claimed from a corrupt file"
+    );
+    let out = f.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"));
+}
+
+#[test]
+fn status_json_reports_idle_running_waiting_and_the_last_run() {
+    let f = Fixture::new("bwlimit = 1000");
+    f.put("big.iso", &bytes(3 << 20, 7));
+    let mut first = f.spawn_sync();
+    f.wait_running(Duration::from_secs(20));
+    let mut second = f.spawn_sync();
+    let until = Instant::now() + Duration::from_secs(10);
+    let doc = loop {
+        let out = f.cmd(&["status", "m", "--json"]).output().unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if doc["mirrors"][0]["waiting"] == 1 || Instant::now() > until {
+            break doc;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let m = &doc["mirrors"][0];
+    assert_eq!(m["state"], "running");
+    assert_eq!(m["running"]["run"], 1);
+    assert_eq!(m["waiting"], 1);
+    assert!(first.wait().unwrap().success());
+    assert!(second.wait().unwrap().success());
+    let out = f.cmd(&["status", "--json"]).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &doc["mirrors"][0];
+    assert_eq!(m["state"], "idle");
+    assert_eq!(m["last_run"]["run"], 2);
+    assert_eq!(m["last_run"]["result"], "success");
+    assert!(m["last_success_age"].as_u64().unwrap() < 60);
+}
+
+fn config_error(body: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("syncgate.toml");
+    std::fs::write(&p, body).unwrap();
+    let out = std::process::Command::new(crate::fixture::syncgate())
+        .arg("--config")
+        .arg(&p)
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    String::from_utf8_lossy(&out.stderr).replace(&p.display().to_string(), "CFG")
+}
+
+#[test]
+fn config_errors_name_the_file_the_line_and_the_key_and_exit_78() {
+    let user = crate::fixture::user_name();
+    let group = crate::fixture::group_name();
+    let m = |extra: &str| {
+        format!("state_dir = \"/tmp/s\"\nprivilege = \"direct\"\n[mirror.m]\nupstream = \"/srv/up\"\ndest = \"/srv/m\"\nowner = \"{user}\"\nreader_group = \"{group}\"\n{extra}")
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "state_dir = \"/tmp/s\"\nbogus = 1\n".into(),
+            "CFG:2: unknown field `bogus`",
+        ),
+        ("state_dir = 5\n".into(), "CFG:1: invalid type"),
+        (
+            "state_dir = \"relative/dir\"\n".into(),
+            "CFG:1: state_dir: must be an absolute path",
+        ),
+        (m("bwlimit = \"fast\"\n"), "CFG:8: invalid type"),
+        (m("colour = \"blue\"\n"), "CFG:8: unknown field `colour`"),
+        (m("file_mode = \"0666\"\n"), "CFG:8: mirror.m.file_mode"),
+        (
+            m("").replace("/srv/m", "srv/m"),
+            "CFG:5: mirror.m.dest: must be an absolute path",
+        ),
+        (
+            m("").replace("/srv/up", "srv/up"),
+            "CFG:4: mirror.m.upstream",
+        ),
+        (
+            m("").replace(&format!("owner = \"{user}\""), "owner = \"no-such-user-x\""),
+            "CFG:6: mirror.m.owner: no such user \"no-such-user-x\"",
+        ),
+        (
+            m("").replace(
+                &format!("reader_group = \"{group}\""),
+                "reader_group = \"no-such-group-x\"",
+            ),
+            "CFG:7: mirror.m.reader_group: no such group",
+        ),
+        (
+            m("[key.ci]\nverbs = [\"sync\"]\nmirrors = [\"nope\"]\n"),
+            "CFG:10: key.ci.mirrors: no mirror named \"nope\"",
+        ),
+        (
+            m("[key.ci]\nverbs = [\"shell\"]\n"),
+            "CFG:9: key.ci.verbs: unknown verb \"shell\"",
+        ),
+        (
+            m("[key.ci]\nverbs = [\"sync\"]\nfrom = [\"10.1.2.3/8\"]\n"),
+            "CFG:10: key.ci.from",
+        ),
+        (
+            m("").replace("[mirror.m]", "[mirror.\"Bad Name\"]"),
+            "CFG:3: mirror.Bad Name",
+        ),
+    ];
+    for (body, want) in cases {
+        let err = config_error(&body);
+        assert!(
+            err.contains(want),
+            "want {want:?} in:\n{err}\nfor config:\n{body}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_64_and_unknown_mirrors_are_named() {
+    let f = Fixture::new("");
+    let out = f.cmd(&["sync", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no mirror named \"nope\""));
+    let out = f.cmd(&["frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
