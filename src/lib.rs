@@ -1,1 +1,2 @@
 //! syncgate: a queued, coalescing, privilege-separated mirror sync.
+pub mod fixperms;
