@@ -8,4 +8,5 @@ mod fixture;
 mod support;
 
 mod core;
+mod gate;
 mod harness;

@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 pub mod host;
+pub mod mirror_host;
 pub mod ns;
 pub mod procs;
 pub mod rsyncd;

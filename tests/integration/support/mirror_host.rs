@@ -1,0 +1,230 @@
+//! A production-like mirror host inside the namespace, built from the real
+//! pieces the way an admin would: a login account `syncgate` (shell /bin/sh,
+//! not locked), an image owner `mirror` in `www-data`, a reader `webreader`
+//! in `www-data`, a root-owned syncgate binary and config, the sudoers rule
+//! from `syncgate sudoers --install`, an authorized_keys line from
+//! `syncgate authorized-key`, a real sshd and a syslog receiver.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use super::host::{set_mode, Host, UserInfo, UserOpts};
+use super::SyslogReceiver;
+
+pub const LOGIN: &str = "syncgate";
+pub const OWNER: &str = "mirror";
+pub const READER: &str = "webreader";
+pub const READER_GROUP: &str = "www-data";
+
+pub struct MirrorHost {
+    pub host: Host,
+    pub bin: PathBuf,
+    pub config: PathBuf,
+    pub upstream: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: SyslogReceiver,
+    pub login: UserInfo,
+    pub owner: UserInfo,
+    pub reader: UserInfo,
+    /// Private key of the `jenkins` client key.
+    pub key: PathBuf,
+    mirrors: Vec<(String, String)>,
+    keys_toml: String,
+}
+
+/// Default key table: `jenkins` may sync and see mirror `iso`.
+pub const JENKINS: &str = "[key.jenkins]\nverbs = [\"sync\", \"status\", \"help\"]\nmirrors = [\"iso\"]\nfrom = [\"127.0.0.0/8\"]\n";
+
+impl MirrorHost {
+    /// One mirror `iso` from a local upstream, and the `jenkins` key.
+    pub fn new() -> MirrorHost {
+        MirrorHost::with(&[("iso", "")], JENKINS)
+    }
+
+    /// `mirrors`: (name, extra lines for its table). `keys_toml`: the
+    /// `[key.*]` tables. Each mirror's upstream is `upstream/NAME`.
+    pub fn with(mirrors: &[(&str, &str)], keys_toml: &str) -> MirrorHost {
+        let mut host = Host::new();
+        let login = host.add_user(LOGIN, &UserOpts::default());
+        let owner = host.add_user(
+            OWNER,
+            &UserOpts {
+                shell: "/usr/sbin/nologin".into(),
+                groups: vec![READER_GROUP.into()],
+                create_home: false,
+                system: true,
+                ..UserOpts::default()
+            },
+        );
+        let reader = host.add_user(
+            READER,
+            &UserOpts {
+                groups: vec![READER_GROUP.into()],
+                ..UserOpts::default()
+            },
+        );
+
+        // Root-owned program and config, as a package would install them.
+        let bin_dir = host.path("usr-bin");
+        fs::create_dir_all(&bin_dir).unwrap();
+        let bin = bin_dir.join("syncgate");
+        fs::copy(env!("CARGO_BIN_EXE_syncgate"), &bin).unwrap();
+        set_mode(&bin, 0o755);
+        let conf_dir = host.path("etc-syncgate");
+        fs::create_dir_all(&conf_dir).unwrap();
+        set_mode(&conf_dir, 0o755);
+
+        let upstream = host.path("upstream");
+        for (name, _) in mirrors {
+            fs::create_dir_all(upstream.join(name)).unwrap();
+        }
+        let srv = host.path("srv");
+        fs::create_dir_all(&srv).unwrap();
+        set_mode(&srv, 0o755);
+        for (name, _) in mirrors {
+            let d = srv.join(name);
+            fs::create_dir_all(&d).unwrap();
+            nix::unistd::chown(
+                &d,
+                Some(owner.uid.into()),
+                Some(nix::unistd::Gid::from_raw(gid_of(READER_GROUP))),
+            )
+            .unwrap();
+            set_mode(&d, 0o2750);
+        }
+        let state_dir = host.path("var-lib-syncgate");
+        fs::create_dir_all(&state_dir).unwrap();
+        nix::unistd::chown(&state_dir, Some(login.uid.into()), Some(login.gid.into())).unwrap();
+        set_mode(&state_dir, 0o750);
+
+        let log = host.syslog();
+        let key_name = "jenkins";
+        let (key, public) = host.client_key(key_name);
+        let mut mh = MirrorHost {
+            config: conf_dir.join("syncgate.toml"),
+            host,
+            bin,
+            upstream,
+            state_dir,
+            log,
+            login,
+            owner,
+            reader,
+            key,
+            mirrors: mirrors
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            keys_toml: keys_toml.to_string(),
+        };
+        mh.write_config();
+        let out = mh.syncgate(&["sudoers", "--install"]);
+        assert!(
+            out.status.success(),
+            "sudoers --install: {}",
+            super::show(&out)
+        );
+
+        let pubfile = mh.host.path("jenkins.pub");
+        fs::write(&pubfile, format!("{public}\n")).unwrap();
+        let line = mh.syncgate(&[
+            "authorized-key",
+            "--key",
+            key_name,
+            "--from",
+            "127.0.0.1/32",
+            pubfile.to_str().unwrap(),
+        ]);
+        assert!(line.status.success(), "{}", super::show(&line));
+        let line = String::from_utf8(line.stdout).unwrap();
+        let (opts, keypart) = line.trim().split_once(" ssh-ed25519 ").unwrap();
+        mh.host
+            .authorize(LOGIN, &[(&format!("ssh-ed25519 {keypart}"), opts)]);
+        mh.host.start_sshd();
+        mh
+    }
+
+    pub fn dest(&self, mirror: &str) -> PathBuf {
+        self.host.path("srv").join(mirror)
+    }
+
+    pub fn config_text(&self) -> String {
+        let mut t = format!(
+            "state_dir = \"{}\"\nprivilege = \"sudo\"\nlogin_user = \"{LOGIN}\"\nbinary = \"{}\"\nheartbeat = 1\n\n[syslog]\nsocket = \"{}\"\nfacility = \"authpriv\"\n\n",
+            self.state_dir.display(),
+            self.bin.display(),
+            self.log.path().display()
+        );
+        for (name, extra) in &self.mirrors {
+            t.push_str(&format!(
+                "[mirror.{name}]\nupstream = \"{}\"\ndest = \"{}\"\nowner = \"{OWNER}\"\nreader_group = \"{READER_GROUP}\"\n{extra}\n\n",
+                self.upstream.join(name).display(),
+                self.dest(name).display()
+            ));
+        }
+        t.push_str(&self.keys_toml);
+        t
+    }
+
+    /// Writes the config (root:root 0644).
+    pub fn write_config(&self) {
+        fs::write(&self.config, self.config_text()).unwrap();
+        fs::set_permissions(&self.config, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// Replaces one mirror's extra lines and rewrites the config (the
+    /// sudoers rule is not touched).
+    pub fn set_mirror_extra(&mut self, mirror: &str, extra: &str) {
+        for m in &mut self.mirrors {
+            if m.0 == mirror {
+                m.1 = extra.to_string();
+            }
+        }
+        self.write_config();
+    }
+
+    /// Runs syncgate as root with this host's config.
+    pub fn syncgate(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `ssh syncgate@127.0.0.1 CMD` with the jenkins key (stdin: /dev/null).
+    pub fn ssh(&self, cmd: Option<&str>) -> Command {
+        let mut c = self.host.ssh(LOGIN, &self.key, cmd);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn put(&self, mirror: &str, rel: &str, bytes: &[u8]) {
+        let p = self.upstream.join(mirror).join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, bytes).unwrap();
+    }
+
+    pub fn state(&self, mirror: &str) -> serde_json::Value {
+        fs::read(self.state_dir.join(format!("{mirror}.state.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.host.path(rel)
+    }
+}
+
+pub fn gid_of(group: &str) -> u32 {
+    nix::unistd::Group::from_name(group)
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw()
+}
