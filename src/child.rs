@@ -212,6 +212,19 @@ impl Supervised {
     }
 }
 
+impl Drop for Supervised {
+    /// A child is never left running unsupervised: if we get here without
+    /// having waited for it (an error path), it is killed and reaped.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.lifeline = None;
+            self.signal(Signal::SIGKILL);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Exit code of a status, or 128+signal when killed by a signal.
 pub fn code_of(status: &ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;

@@ -20,6 +20,10 @@ pub fn sync(
     for m in mirrors {
         cfg.mirror(m)?;
     }
+    if mirrors.is_empty() {
+        say(&format!("no mirrors are configured in {}; nothing to do", cfg.path.display()));
+        return Ok(exit::OK);
+    }
     let sd = StateDir::open(&cfg.state_dir)?;
     let mut worst = exit::OK;
     for name in mirrors {

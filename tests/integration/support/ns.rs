@@ -9,7 +9,7 @@
 //! as before (accounts, sudoers, no surviving process from the namespace, no
 //! leftover workspace) and fails the test otherwise.
 //!
-//! Outer runs hold an exclusive `flock` on the test executable, so namespace
+//! Outer runs hold an exclusive `flock` on /tmp (machine-wide), so namespace
 //! children never overlap: users created in parallel namespaces would get the
 //! same uids, and uid-based process scans would then see each other.
 //!
@@ -214,10 +214,14 @@ fn preflight(test_name: &str) -> PathBuf {
 /// The outer run: see [`in_private_host`].
 fn run_in_namespace(test_name: &str) {
     let unshare = preflight(test_name);
+    // One namespace run at a time on the whole machine (not per test
+    // executable: worktrees and parallel `cargo test`s have their own), since
+    // namespaces share the kernel's uid space. /tmp itself is the lock, so
+    // nothing is left behind.
+    let lock_dir = File::open("/tmp").expect("open /tmp for locking");
+    let _serial = Flock::lock(lock_dir, FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock /tmp: {e}"));
     let exe = std::env::current_exe().expect("current_exe");
-    let exe_file = File::open(&exe).expect("open test executable for locking");
-    let _serial = Flock::lock(exe_file, FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("flock test executable: {e}"));
 
     let tag = tag_for(test_name);
     let before = Snapshot::take();
