@@ -21,7 +21,10 @@ pub fn sync(
         cfg.mirror(m)?;
     }
     if mirrors.is_empty() {
-        say(&format!("no mirrors are configured in {}; nothing to do", cfg.path.display()));
+        say(&format!(
+            "no mirrors are configured in {}; nothing to do",
+            cfg.path.display()
+        ));
         return Ok(exit::OK);
     }
     let sd = StateDir::open(&cfg.state_dir)?;

@@ -449,3 +449,54 @@ fn usage_errors_exit_64_and_unknown_mirrors_are_named() {
     let out = f.cmd(&["frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn a_sync_from_an_rsync_daemon_on_loopback_publishes_and_resyncs() {
+    let f = Fixture::new("");
+    f.put("r1/a.iso", &bytes(300_000, 8));
+    f.put("r1/SHA256SUMS", b"0  a.iso\n");
+    f.put("release.json", b"{\"current\": \"r1\"}\n");
+    let daemon = crate::support::RsyncDaemon::start(&[("iso", &f.upstream)]);
+    let cfg = std::fs::read_to_string(&f.config).unwrap().replace(
+        &format!("upstream = \"{}\"", f.upstream.display()),
+        &format!("upstream = \"{}\"", daemon.url("iso")),
+    );
+    std::fs::write(&f.config, cfg).unwrap();
+
+    let out = f.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(f.dest_path("r1/a.iso")).unwrap(),
+        bytes(300_000, 8)
+    );
+    assert_eq!(f.state()["runs"][0]["files"], 3);
+
+    let out = f.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        f.state()["runs"][1]["files"],
+        0,
+        "a no-change resync transfers nothing"
+    );
+    assert_eq!(f.state()["runs"][1]["bytes"], 0);
+}
+
+#[test]
+fn an_unreachable_upstream_fails_with_rsyncs_own_code_and_publishes_nothing() {
+    let f = Fixture::new("io_timeout = 5");
+    let port = crate::support::free_port();
+    let cfg = std::fs::read_to_string(&f.config).unwrap().replace(
+        &format!("upstream = \"{}\"", f.upstream.display()),
+        &format!("upstream = \"rsync://127.0.0.1:{port}/iso/\""),
+    );
+    std::fs::write(&f.config, cfg).unwrap();
+    let out = f.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rsync exit 10") || err.contains("rsync exited 10"),
+        "{err}"
+    );
+    assert_eq!(f.state()["runs"][0]["result"], "failed");
+    assert_eq!(f.state()["runs"][0]["rsync_exit"], 10);
+}
