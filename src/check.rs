@@ -125,18 +125,103 @@ fn shadow_field(user: &str) -> Option<String> {
 }
 
 fn check_config_file(cfg: &Config, r: &mut Report) {
-    for p in [Some(cfg.path.as_path()), cfg.path.parent()]
-        .into_iter()
-        .flatten()
-    {
-        match std::fs::metadata(p) {
-            Ok(md) if md.uid() == 0 && mode_ok(&md) => r.ok(format!("{} is owned by root and not writable by others", p.display())),
-            Ok(md) => r.fail(
-                format!("{} is owned by uid {} with mode {:o}: the login or owner account could rewrite what runs as the owner", p.display(), md.uid(), md.mode() & 0o7777),
-                format!("chown root:root {0} && chmod go-w {0}", p.display()),
+    match crate::owner::untrusted_path(&cfg.path) {
+        None => r.ok(format!(
+            "{} and every directory above it are owned by root and not writable by others",
+            cfg.path.display()
+        )),
+        Some((p, why)) => r.fail(
+            format!(
+                "{}: {why}: the login or owner account could rewrite what runs as the owner (the owner-side commands refuse such a config)",
+                p.display()
             ),
-            Err(e) => r.fail(format!("{}: {e}", p.display()), "create it"),
+            format!("chown root:root {0} && chmod go-w {0}", p.display()),
+        ),
+    }
+}
+
+/// Splits an authorized_keys line into its options (none when the line
+/// starts with the key type) the way sshd reads them: the options field ends
+/// at the first blank outside double quotes, options are separated by
+/// commas outside double quotes, and `\"` inside quotes is a literal quote.
+/// Returns (lowercased name, unquoted value) pairs.
+pub fn key_options(line: &str) -> Vec<(String, Option<String>)> {
+    const KEY_TYPES: &[&str] = &["ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-"];
+    let line = line.trim_start();
+    if KEY_TYPES.iter().any(|t| line.starts_with(t)) {
+        return Vec::new();
+    }
+    fn finish(
+        name: &mut String,
+        value: &mut Option<String>,
+        out: &mut Vec<(String, Option<String>)>,
+    ) {
+        if !name.is_empty() {
+            out.push((name.to_ascii_lowercase(), value.take()));
         }
+        name.clear();
+        *value = None;
+    }
+    let mut out = Vec::new();
+    let mut name = String::new();
+    let mut value: Option<String> = None;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        let literal = match c {
+            '\\' if quoted => match chars.next() {
+                Some('"') => '"',
+                Some(n) => {
+                    value.as_mut().unwrap_or(&mut name).push('\\');
+                    n
+                }
+                None => break,
+            },
+            '"' => {
+                quoted = !quoted;
+                continue;
+            }
+            ',' if !quoted => {
+                finish(&mut name, &mut value, &mut out);
+                continue;
+            }
+            '=' if !quoted && value.is_none() => {
+                value = Some(String::new());
+                continue;
+            }
+            c if c.is_whitespace() && !quoted => break,
+            c => c,
+        };
+        match &mut value {
+            Some(v) => v.push(literal),
+            None => name.push(literal),
+        }
+    }
+    finish(&mut name, &mut value, &mut out);
+    out
+}
+
+/// Why an authorized_keys line of the login account gives its key more than
+/// the gate, if it does: it needs `restrict` and a forced command that runs
+/// `BINARY ... ssh --key NAME`.
+pub fn key_line_problem(line: &str, binary: &Path) -> Option<String> {
+    let opts = key_options(line);
+    let restricted = opts.iter().any(|(n, _)| n == "restrict");
+    let command = opts
+        .iter()
+        .find(|(n, _)| n == "command")
+        .and_then(|(_, v)| v.clone());
+    let bin = format!("{} ", binary.display());
+    let forced = command
+        .as_deref()
+        .is_some_and(|c| c.starts_with(&bin) && c.contains(" ssh --key "));
+    match (restricted, forced) {
+        (true, true) => None,
+        (false, true) => Some("has no `restrict` option".into()),
+        (_, false) => Some(match command {
+            Some(c) => format!("forces {c:?}, which is not `{}... ssh --key NAME`", bin),
+            None => "has no forced command".into(),
+        }),
     }
 }
 
@@ -192,11 +277,9 @@ fn check_accounts(cfg: &Config, r: &mut Report) {
             if l.is_empty() || l.starts_with('#') {
                 continue;
             }
-            let forced = l.contains("command=\"") && l.contains(" ssh --key ");
-            let restricted = l.starts_with("restrict") || l.contains(",restrict");
-            if !forced || !restricted {
+            if let Some(why) = key_line_problem(l, &cfg.binary) {
                 r.fail(
-                    format!("authorized_keys line {} lacks restrict and a syncgate forced command: that key gets a shell", i + 1),
+                    format!("authorized_keys line {} {why}: that key gets more than the gate (a shell, forwarding)", i + 1),
                     "replace it with the output of `syncgate authorized-key --key NAME PUBKEY_FILE`",
                 );
             }
@@ -344,6 +427,12 @@ fn check_sudo(cfg: &Config, r: &mut Report) {
         r.ok("privilege = \"direct\": owner-side commands run as the calling user; no sudo rule needed");
         return;
     }
+    if let Err(e) = crate::sudoers::render(cfg) {
+        r.fail(
+            format!("no safe sudoers rule can be made for this config: {e}"),
+            "change the config as the message says, then `syncgate sudoers --install`",
+        );
+    }
     for m in cfg.mirrors.values() {
         for verb in OwnerVerb::ALL {
             let a = argv::owner_command(cfg, m, verb);
@@ -420,5 +509,42 @@ mod tests {
         assert!(shell_problem(Path::new("/bin/false")).is_some());
         assert!(shell_problem(Path::new("/usr/bin/python3")).is_some());
         assert_eq!(shell_problem(Path::new("/bin/sh")), None);
+    }
+
+    #[test]
+    fn authorized_keys_options_are_read_like_sshd_reads_them() {
+        let bin = Path::new("/usr/bin/syncgate");
+        let good = r#"restrict,from="10.0.0.0/8",command="/usr/bin/syncgate --config /etc/s.toml ssh --key j" ssh-ed25519 AAAA j"#;
+        assert_eq!(key_line_problem(good, bin), None);
+        let opts = key_options(good);
+        assert_eq!(opts[1], ("from".into(), Some("10.0.0.0/8".into())));
+        assert_eq!(
+            opts[2].1.as_deref(),
+            Some("/usr/bin/syncgate --config /etc/s.toml ssh --key j")
+        );
+        // No options at all: a shell.
+        assert!(key_line_problem("ssh-ed25519 AAAA j", bin)
+            .unwrap()
+            .contains("no forced command"));
+        // The right words in the comment are not options.
+        let fake = r#"ssh-ed25519 AAAA restrict,command="/usr/bin/syncgate ssh --key j""#;
+        assert!(key_line_problem(fake, bin).is_some());
+        let fake = r#"no-pty ssh-ed25519 AAAA restrict,command="/usr/bin/syncgate ssh --key j""#;
+        assert!(key_line_problem(fake, bin).is_some());
+        // A forced command that is not the gate.
+        let other = r#"restrict,command="/bin/sh -c 'x ssh --key j'" ssh-ed25519 AAAA"#;
+        assert!(key_line_problem(other, bin).unwrap().contains("forces"));
+        // No restrict: forwarding and a pty stay on.
+        let open = r#"command="/usr/bin/syncgate ssh --key j" ssh-ed25519 AAAA"#;
+        assert!(key_line_problem(open, bin).unwrap().contains("restrict"));
+        // "restrict" inside a quoted value is not the option.
+        let quoted = r#"command="/usr/bin/syncgate ssh --key j,restrict" ssh-ed25519 AAAA"#;
+        assert!(key_line_problem(quoted, bin).unwrap().contains("restrict"));
+        // Escaped quotes stay inside the value.
+        let esc = r#"restrict,command="/usr/bin/syncgate \"x\" ssh --key j" ssh-ed25519 AAAA"#;
+        assert_eq!(
+            key_options(esc)[1].1.as_deref(),
+            Some(r#"/usr/bin/syncgate "x" ssh --key j"#)
+        );
     }
 }

@@ -52,6 +52,56 @@ pub struct FixPermsReport {
     pub notes: Vec<String>,
 }
 
+/// Why someone other than root could change what `path` holds, if anyone
+/// could. The file and every directory above it, both along the path as
+/// given and along the path its symlinks resolve to, must be owned by root
+/// and not writable by group or others; a write-protected parent is not
+/// enough when a directory further up can be renamed away. A root-owned
+/// sticky directory (`/tmp`) is fine above the file: nobody else may rename
+/// or remove root's entries in it. Returns the offending path and why.
+pub fn untrusted_path(path: &Path) -> Option<(std::path::PathBuf, String)> {
+    let real = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) => return Some((path.to_path_buf(), format!("cannot resolve it: {e}"))),
+    };
+    for (top, given) in [(path, true), (real.as_path(), false)] {
+        for (i, p) in top.ancestors().enumerate() {
+            if p.as_os_str().is_empty() {
+                continue;
+            }
+            let md = match std::fs::symlink_metadata(p) {
+                Ok(md) => md,
+                Err(e) => return Some((p.to_path_buf(), format!("cannot stat it: {e}"))),
+            };
+            let mode = md.mode() & 0o7777;
+            let ft = md.file_type();
+            let bad = if md.uid() != 0 {
+                Some(format!("it is owned by uid {}, not root", md.uid()))
+            } else if ft.is_symlink() {
+                // A symlink's own mode means nothing; its directory is checked next.
+                None
+            } else if i == 0 && !ft.is_file() {
+                Some("it is not a regular file".to_string())
+            } else if mode & 0o022 != 0 && !(i > 0 && ft.is_dir() && mode & 0o1000 != 0) {
+                Some(format!("it is writable by group or others (mode {mode:o})"))
+            } else {
+                None
+            };
+            if let Some(why) = bad {
+                let what = if i == 0 && given {
+                    "the config file".to_string()
+                } else if i == 0 {
+                    format!("the config file {} resolves to", path.display())
+                } else {
+                    format!("a directory above the config file {}", path.display())
+                };
+                return Some((p.to_path_buf(), format!("{what}: {why}")));
+            }
+        }
+    }
+    None
+}
+
 /// Refuses to act on a config the caller could have written.
 fn check_trust(cfg: &Config, mirror: &Mirror) -> Result<()> {
     if cfg.privilege != Privilege::Sudo {
@@ -64,20 +114,12 @@ fn check_trust(cfg: &Config, mirror: &Mirror) -> Result<()> {
             mirror.name, mirror.owner, mirror.owner_uid
         )));
     }
-    for p in [Some(cfg.path.as_path()), cfg.path.parent()]
-        .into_iter()
-        .flatten()
-    {
-        let md = std::fs::metadata(p).context(|| format!("cannot stat {}", p.display()))?;
-        if md.uid() != 0 || md.mode() & 0o022 != 0 {
-            return Err(Error::Config(format!(
-                "{} must be owned by root and not writable by group or others (owner uid {}, mode {:o}); refusing to run as {}",
-                p.display(),
-                md.uid(),
-                md.mode() & 0o7777,
-                mirror.owner
-            )));
-        }
+    if let Some((p, why)) = untrusted_path(&cfg.path) {
+        return Err(Error::Config(format!(
+            "{} must be owned by root and not writable by group or others, and so must every directory above it ({why}); refusing to run as {}",
+            p.display(),
+            mirror.owner
+        )));
     }
     Ok(())
 }
@@ -266,6 +308,20 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
     crate::signals::install();
     let lock = lock_dest(m)?;
     prepare_temp_dir(&m.dest)?;
+    let result = transfer_locked(cfg, m, &lock, &cut);
+    // The temp dir (mode 0700) is not part of the published tree: readers
+    // must be able to list every directory. rsync empties it on every exit
+    // it controls; what an aborted run leaves is removed at the next run.
+    let _ = std::fs::remove_dir(m.dest.join(argv::TEMP_DIR));
+    result
+}
+
+fn transfer_locked(
+    cfg: &Config,
+    m: &Mirror,
+    lock: &File,
+    cut: &AtomicBool,
+) -> Result<TransferReport> {
     let home = home_of(nix::unistd::getuid().as_raw());
     let mut report = TransferReport::default();
 
@@ -274,7 +330,7 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
         "stage 1: all but {} (no deletions)",
         m.last.join(" ")
     ));
-    let (code, stats, errors, stopped) = run_rsync(&a1, &home, &lock, &cut)?;
+    let (code, stats, errors, stopped) = run_rsync(&a1, &home, lock, cut)?;
     report.stage1 = stats;
     report.rsync_exit = Some(code);
     if stopped {
@@ -310,7 +366,7 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
             String::new()
         }
     ));
-    let (code, stats, errors, stopped) = run_rsync(&a2, &home, &lock, &cut)?;
+    let (code, stats, errors, stopped) = run_rsync(&a2, &home, lock, cut)?;
     report.stage2 = Some(stats);
     report.stage2_full = full;
     report.rsync_exit = Some(code);

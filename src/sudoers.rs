@@ -29,7 +29,20 @@ pub fn render(cfg: &Config) -> Result<String> {
          Defaults:{login} !lecture\n",
         cfg = cfg.path.display()
     );
+    let subcommands = subcommand_names();
     for m in cfg.mirrors.values() {
+        // sudo compares the arguments joined by spaces, so it also runs
+        // `--config "CONFIG transfer" NAME`; that must not be a command line
+        // syncgate accepts, which it would be if NAME were a subcommand.
+        if subcommands.contains(&m.name) {
+            return Err(Error::Config(format!(
+                "mirror {0}: the name is also a syncgate subcommand, so the sudoers line could be re-split into `--config '{1} {2}' {0}`, which runs that subcommand as {3}; rename the mirror",
+                m.name,
+                cfg.path.display(),
+                OwnerVerb::Transfer.as_str(),
+                m.owner
+            )));
+        }
         let cmds: Vec<String> = OwnerVerb::ALL
             .iter()
             .map(|v| argv::owner_command(cfg, m, *v))
@@ -52,6 +65,17 @@ pub fn render(cfg: &Config) -> Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// syncgate's subcommand names (and clap's `help`).
+fn subcommand_names() -> Vec<String> {
+    use clap::CommandFactory;
+    let mut v: Vec<String> = crate::cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    v.push("help".into());
+    v
 }
 
 /// Validates with `visudo -cf` and installs atomically with mode 0440.
@@ -88,4 +112,40 @@ pub fn install(cfg: &Config, target: &Path) -> Result<()> {
     tmp.persist(target)
         .map_err(|e| Error::io(format!("cannot install {}", target.display()), e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mirror: &str) -> Config {
+        let text = format!(
+            "state_dir = \"/var/lib/syncgate\"\nprivilege = \"direct\"\nbinary = \"/usr/bin/syncgate\"\n\n[mirror.{mirror}]\nupstream = \"rsync://example.org/m/\"\ndest = \"/srv/m\"\nowner = \"root\"\nreader_group = \"root\"\n"
+        );
+        Config::parse(Path::new("/etc/syncgate/syncgate.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn the_rule_names_exactly_the_owner_side_lines() {
+        let text = render(&config("debian-cd")).unwrap();
+        assert!(text.contains(
+            "syncgate ALL=(root) NOPASSWD: /usr/bin/syncgate --config /etc/syncgate/syncgate.toml transfer debian-cd, /usr/bin/syncgate --config /etc/syncgate/syncgate.toml fix-perms debian-cd\n"
+        ), "{text}");
+    }
+
+    #[test]
+    fn a_mirror_named_like_a_subcommand_is_refused() {
+        for name in [
+            "sync",
+            "status",
+            "check",
+            "transfer",
+            "fix-perms",
+            "sudoers",
+            "help",
+        ] {
+            let e = render(&config(name)).unwrap_err().to_string();
+            assert!(e.contains("subcommand"), "{name}: {e}");
+        }
+    }
 }

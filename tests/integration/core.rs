@@ -296,6 +296,8 @@ fn leftovers_of_an_aborted_run_are_cleaned() {
     let f = Fixture::new("");
     f.put("sub/a.iso", b"a");
     assert!(f.sync().status.success());
+    // An aborted run leaves the (otherwise removed) temp dir with a partial file.
+    std::fs::create_dir_all(f.dest_path(".syncgate-tmp")).unwrap();
     std::fs::write(f.dest_path(".syncgate-tmp/.a.iso.XXXXXX"), b"partial").unwrap();
     std::fs::create_dir_all(f.dest_path("sub/.~tmp~")).unwrap();
     std::fs::write(f.dest_path("sub/.~tmp~/a.iso"), b"delayed").unwrap();

@@ -185,6 +185,24 @@ impl MirrorHost {
         self.write_config();
     }
 
+    /// Adds mirror `name` (upstream `upstream/NAME`, dest `srv/NAME` owned
+    /// by the owner, mode 2750) and rewrites the config; the sudoers rule is
+    /// not touched (run `syncgate sudoers --install` to match it).
+    pub fn add_mirror(&mut self, name: &str, extra: &str) {
+        fs::create_dir_all(self.upstream.join(name)).unwrap();
+        let d = self.dest(name);
+        fs::create_dir_all(&d).unwrap();
+        nix::unistd::chown(
+            &d,
+            Some(self.owner.uid.into()),
+            Some(nix::unistd::Gid::from_raw(gid_of(READER_GROUP))),
+        )
+        .unwrap();
+        set_mode(&d, 0o2750);
+        self.mirrors.push((name.to_string(), extra.to_string()));
+        self.write_config();
+    }
+
     /// Runs syncgate as root with this host's config.
     pub fn syncgate(&self, args: &[&str]) -> Output {
         Command::new(&self.bin)

@@ -1,0 +1,872 @@
+//! The privilege model end to end, with real accounts, sudo and sshd.
+//!
+//! * the login account `syncgate` triggers syncs but cannot write the images;
+//! * the image owner `mirror` owns every published entry;
+//! * the web server's group `www-data` can read everything and write nothing;
+//! * sudo lets the login account run exactly the two owner-side command
+//!   lines of `src/argv.rs` per mirror, and nothing else.
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::host::set_mode;
+use crate::support::mirror_host::{gid_of, MirrorHost, LOGIN, OWNER, READER, READER_GROUP};
+use crate::support::{self, e2e_test, procs, run_ok, ChildGuard};
+
+const SUDO: &str = "/usr/bin/sudo";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `sh -c SCRIPT` as `user` (runuser, clean environment).
+fn sh_as(mh: &MirrorHost, user: &str, script: &str) -> Output {
+    mh.host.run_as(user, &["sh", "-c", script])
+}
+
+/// `sudo -n ARGS...` as the login account, with `RSYNC_RSH=/bin/sh` in its
+/// environment (what a hostile caller would try to pass on).
+fn sudo_as_login(mh: &MirrorHost, args: &[&str]) -> Output {
+    let mut argv = vec![SUDO, "-n"];
+    argv.extend_from_slice(args);
+    mh.host
+        .command_as(LOGIN, &argv)
+        .env("RSYNC_RSH", "/bin/sh")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The owner-side command line exactly as the sudoers rule grants it.
+fn owner_line(mh: &MirrorHost, verb: &str, mirror: &str) -> Vec<String> {
+    vec![
+        mh.bin.display().to_string(),
+        "--config".into(),
+        mh.config.display().to_string(),
+        verb.into(),
+        mirror.into(),
+    ]
+}
+
+/// Every entry below `root` (not `root` itself), depth first, not following
+/// symlinks.
+fn walk(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((p, md));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Where a symlink at `link` points, resolved lexically ("" components and
+/// "." dropped, ".." pops).
+fn lexical_target(link: &Path) -> PathBuf {
+    let target = fs::read_link(link).unwrap();
+    let base = if target.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        link.parent().unwrap().to_path_buf()
+    };
+    let mut out = PathBuf::new();
+    for c in base.join(&target).components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A sync through ssh with the jenkins key; panics unless it exits 0.
+fn ssh_sync_ok(mh: &mut MirrorHost) -> Output {
+    let out = mh.ssh(Some("sync")).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\nsshd:\n{}",
+        support::show(&out),
+        mh.host.sshd().log()
+    );
+    out
+}
+
+/// The last finished run's record from the mirror's state file.
+fn last_run(mh: &MirrorHost, mirror: &str) -> serde_json::Value {
+    let st = mh.state(mirror);
+    st["runs"]
+        .as_array()
+        .and_then(|r| r.last().cloned())
+        .unwrap_or_else(|| panic!("no finished run in state: {st}"))
+}
+
+/// An upstream with everything a hostile or careless upstream could hold:
+/// a setuid file, a setgid directory, a fifo, a device node, symlinks out of
+/// the tree (absolute, relative, and through a chain of links), symlinks
+/// inside it, hidden files.
+fn hostile_upstream(mh: &MirrorHost) {
+    mh.put("iso", "a.iso", b"image a");
+    mh.put("iso", "sub/deeper/b.iso", b"image b");
+    mh.put("iso", ".hidden", b"dot");
+    mh.put("iso", "SHA256SUMS", b"x  a.iso\n");
+    let up = mh.upstream.join("iso");
+    fs::write(up.join("suid-tool"), b"#!/bin/sh\nid\n").unwrap();
+    set_mode(&up.join("suid-tool"), 0o4755);
+    fs::write(up.join("sgid-tool"), b"#!/bin/sh\nid\n").unwrap();
+    set_mode(&up.join("sgid-tool"), 0o2755);
+    fs::write(up.join("world-writable"), b"ww").unwrap();
+    set_mode(&up.join("world-writable"), 0o666);
+    fs::create_dir_all(up.join("open-dir")).unwrap();
+    set_mode(&up.join("open-dir"), 0o3777);
+    run_ok(Command::new("mkfifo").arg(up.join("fifo")));
+    run_ok(
+        Command::new("mknod")
+            .arg(up.join("null-dev"))
+            .args(["c", "1", "3"]),
+    );
+    symlink("/etc/passwd", up.join("abs-out")).unwrap();
+    symlink("../../x", up.join("rel-out")).unwrap();
+    symlink("../../../etc/shadow", up.join("sub/deeper/up-out")).unwrap();
+    symlink("a.iso", up.join("current")).unwrap();
+    // Lexically inside, really outside: chain-p -> chain-q/.. -> ./.. = dest/..
+    symlink(".", up.join("chain-q")).unwrap();
+    symlink("chain-q/..", up.join("chain-p")).unwrap();
+    symlink("../a.iso", up.join("sub/a-link")).unwrap();
+}
+
+/// Statement 1 on `dest`: ownership, modes, no special files, no symlink
+/// leaving the tree. Returns the entries.
+fn assert_published_tree(mh: &MirrorHost, dest: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let www = gid_of(READER_GROUP);
+    let root_md = fs::symlink_metadata(dest).unwrap();
+    assert!(root_md.is_dir());
+    assert_eq!(
+        (root_md.uid(), root_md.gid()),
+        (mh.owner.uid, www),
+        "dest itself"
+    );
+    assert_eq!(root_md.mode() & 0o7777, 0o2750, "dest itself");
+    let entries = walk(dest);
+    let mut problems = Vec::new();
+    for (p, md) in &entries {
+        let rel = p.strip_prefix(dest).unwrap().display().to_string();
+        if md.uid() != mh.owner.uid || md.gid() != www {
+            problems.push(format!("{rel}: owned {}:{}", md.uid(), md.gid()));
+        }
+        let ft = md.file_type();
+        let mode = md.mode() & 0o7777;
+        if ft.is_file() {
+            if mode != 0o640 {
+                problems.push(format!("{rel}: file mode {mode:o}"));
+            }
+        } else if ft.is_dir() {
+            if mode != 0o2750 {
+                problems.push(format!("{rel}: dir mode {mode:o}"));
+            }
+        } else if ft.is_symlink() {
+            let t = lexical_target(p);
+            if !t.starts_with(dest) {
+                problems.push(format!("{rel}: symlink leaves the tree: {}", t.display()));
+            }
+            // And really (through chains of links), where it resolves.
+            if let Ok(real) = fs::canonicalize(p) {
+                if !real.starts_with(dest) {
+                    problems.push(format!(
+                        "{rel}: symlink resolves out of the tree: {}",
+                        real.display()
+                    ));
+                }
+            }
+        } else {
+            problems.push(format!("{rel}: special file {ft:?}"));
+        }
+        if !ft.is_symlink() && mode & 0o6000 != 0 && !ft.is_dir() {
+            problems.push(format!("{rel}: setuid/setgid {mode:o}"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "published tree is wrong:\n  {}\nentries:\n{}",
+        problems.join("\n  "),
+        listing(dest, &entries)
+    );
+    entries
+}
+
+fn listing(dest: &Path, entries: &[(PathBuf, fs::Metadata)]) -> String {
+    entries
+        .iter()
+        .map(|(p, md)| {
+            format!(
+                "  {:o} {}:{} {}\n",
+                md.mode(),
+                md.uid(),
+                md.gid(),
+                p.strip_prefix(dest).unwrap().display()
+            )
+        })
+        .collect()
+}
+
+e2e_test! {
+    /// After a sync through ssh every published entry is mirror:www-data,
+    /// files 0640 and directories 2750, whatever upstream had: no setuid or
+    /// setgid file, no device node or fifo, no symlink that leaves the tree.
+    fn published_tree_is_owned_by_the_owner_and_readable_by_the_group_only() {
+        let mut mh = MirrorHost::new();
+        hostile_upstream(&mh);
+        ssh_sync_ok(&mut mh);
+        let dest = mh.dest("iso");
+        let entries = assert_published_tree(&mh, &dest);
+        let names: Vec<String> = entries
+            .iter()
+            .map(|(p, _)| p.strip_prefix(&dest).unwrap().display().to_string())
+            .collect();
+        for expected in ["a.iso", "sub/deeper/b.iso", ".hidden", "SHA256SUMS", "suid-tool", "sgid-tool", "open-dir", "current", "sub/a-link", "chain-q"] {
+            assert!(names.iter().any(|n| n == expected), "{expected} missing:\n{}", listing(&dest, &entries));
+        }
+        for gone in ["fifo", "null-dev", "abs-out", "rel-out", "sub/deeper/up-out", "chain-p"] {
+            assert!(!names.iter().any(|n| n == gone), "{gone} was published:\n{}", listing(&dest, &entries));
+        }
+        assert_eq!(fs::read(dest.join("current")).unwrap(), b"image a");
+
+        // A second sync (no change) keeps it that way.
+        ssh_sync_ok(&mut mh);
+        assert_published_tree(&mh, &dest);
+    }
+}
+
+e2e_test! {
+    /// A member of www-data reads every file and lists every directory, and
+    /// can create, modify, rename or delete nothing.
+    fn reader_group_reads_everything_and_writes_nothing() {
+        let mut mh = MirrorHost::new();
+        hostile_upstream(&mh);
+        ssh_sync_ok(&mut mh);
+        let dest = mh.dest("iso");
+        let entries = walk(&dest);
+        let mut dirs = vec![dest.clone()];
+        dirs.extend(entries.iter().filter(|(_, m)| m.is_dir()).map(|(p, _)| p.clone()));
+        let files: Vec<&PathBuf> = entries.iter().filter(|(_, m)| m.is_file()).map(|(p, _)| p).collect();
+        assert!(files.len() >= 5 && dirs.len() >= 3, "{}", listing(&dest, &entries));
+
+        for f in &files {
+            let out = mh.host.run_as(READER, &["cat", f.to_str().unwrap()]);
+            assert!(out.status.success(), "{READER} cannot read {}: {}", f.display(), support::show(&out));
+            assert_eq!(out.stdout, fs::read(f).unwrap());
+        }
+        for d in &dirs {
+            let out = mh.host.run_as(READER, &["ls", "-a", d.to_str().unwrap()]);
+            assert!(out.status.success(), "{READER} cannot list {}: {}", d.display(), support::show(&out));
+        }
+
+        let before = snapshot(&dest);
+        let a = dest.join("a.iso");
+        let (a, d) = (a.to_str().unwrap(), dest.to_str().unwrap());
+        let sub = dest.join("sub");
+        let sub = sub.to_str().unwrap();
+        for (what, script) in write_attempts(a, d, sub) {
+            let out = sh_as(&mh, READER, &script);
+            assert!(!out.status.success(), "{READER} could {what}: `{script}`: {}", support::show(&out));
+        }
+        assert_eq!(snapshot(&dest), before, "the tree changed");
+    }
+}
+
+/// (what, shell script) pairs that each try to change the tree.
+fn write_attempts(file: &str, dest: &str, sub: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("create a file", format!("echo x > {dest}/new-file")),
+        (
+            "create a file in a subdirectory",
+            format!("echo x > {sub}/new-file"),
+        ),
+        ("create a directory", format!("mkdir {dest}/new-dir")),
+        ("create a symlink", format!("ln -s a.iso {dest}/new-link")),
+        ("append to a file", format!("echo x >> {file}")),
+        ("truncate a file", format!(": > {file}")),
+        (
+            "touch a file's times",
+            format!("touch -d 2000-01-01 {file}"),
+        ),
+        ("chmod a file", format!("chmod 0666 {file}")),
+        ("chmod the tree's root", format!("chmod 0777 {dest}")),
+        ("rename a file", format!("mv {file} {dest}/renamed.iso")),
+        ("rename a directory", format!("mv {sub} {dest}/renamed-dir")),
+        ("delete a file", format!("rm -f {file} && test ! -e {file}")),
+        (
+            "delete a directory",
+            format!("rm -rf {sub} && test ! -e {sub}"),
+        ),
+    ]
+}
+
+/// (path, mode, uid, gid, size, mtime, ctime, ctime_nsec) of an entry.
+type Stamp = (PathBuf, u32, u32, u32, u64, i64, i64, i64);
+
+/// A [`Stamp`] of every entry, root included.
+fn snapshot(dest: &Path) -> Vec<Stamp> {
+    let md = fs::symlink_metadata(dest).unwrap();
+    let mut v = vec![(
+        dest.to_path_buf(),
+        md.mode(),
+        md.uid(),
+        md.gid(),
+        md.size(),
+        md.mtime(),
+        md.ctime(),
+        md.ctime_nsec(),
+    )];
+    v.extend(walk(dest).into_iter().map(|(p, m)| {
+        (
+            p,
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.size(),
+            m.mtime(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    }));
+    v
+}
+
+e2e_test! {
+    /// The login account with a real shell cannot create, modify, chmod or
+    /// delete anything under dest (it is not even in the reader group).
+    fn login_account_cannot_write_the_images() {
+        let mut mh = MirrorHost::new();
+        hostile_upstream(&mh);
+        ssh_sync_ok(&mut mh);
+        let dest = mh.dest("iso");
+        let before = snapshot(&dest);
+        let a = dest.join("a.iso");
+        let sub = dest.join("sub");
+        for (what, script) in write_attempts(a.to_str().unwrap(), dest.to_str().unwrap(), sub.to_str().unwrap()) {
+            let out = mh.host.run_as(LOGIN, &["sh", "-c", &script]);
+            assert!(!out.status.success(), "{LOGIN} could {what}: `{script}`: {}", support::show(&out));
+        }
+        // Nor through the tools it may run: the owner-side commands take no
+        // path, and no other command runs as the owner.
+        let out = sudo_as_login(&mh, &["-u", OWNER, "/bin/sh", "-c", &format!("echo x > {}/new", dest.display())]);
+        assert!(!out.status.success(), "{}", support::show(&out));
+        assert_eq!(snapshot(&dest), before, "the tree changed");
+    }
+}
+
+/// Statement 4: sudo itself refuses `args` (run as the login account under
+/// `-n`), so nothing ran: non-zero, sudo's own complaint, no output.
+fn assert_sudo_refuses(mh: &MirrorHost, what: &str, args: &[&str]) -> Output {
+    let out = sudo_as_login(mh, args);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.starts_with("sudo: ") && out.stdout.is_empty(),
+        "sudo did not refuse {what} (sudo -n {}): {}",
+        args.join(" "),
+        support::show(&out)
+    );
+    out
+}
+
+e2e_test! {
+    /// sudo lets the login account run exactly the two owner-side lines per
+    /// mirror as the owner and refuses every variant itself: an extra
+    /// argument, another mirror, another target user, other programs, a
+    /// preserved environment variable, another config path, and an argument
+    /// with a space that re-splits into the allowed line.
+    fn sudo_allows_exactly_the_owner_side_lines() {
+        let mh = MirrorHost::with(&[("iso", ""), ("other", "")], crate::support::mirror_host::JENKINS);
+        let bin = mh.bin.to_str().unwrap();
+        let conf = mh.config.to_str().unwrap();
+        let dest = mh.dest("iso");
+        let dest_s = format!("{}/", dest.display());
+
+        // The exact allowed lines.
+        for verb in ["transfer", "fix-perms"] {
+            for mirror in ["iso", "other"] {
+                let line = owner_line(&mh, verb, mirror);
+                let mut args: Vec<&str> = vec!["-l", "-u", OWNER];
+                args.extend(line.iter().map(String::as_str));
+                let out = sudo_as_login(&mh, &args);
+                assert!(out.status.success(), "sudo -n -l {}: {}", args.join(" "), support::show(&out));
+                assert!(text(&out.stdout).starts_with(bin), "{}", support::show(&out));
+            }
+        }
+
+        let pw = "a password is required";
+        let config_eq = format!("--config={conf}");
+        let cases: Vec<(&str, Vec<&str>, Option<&str>)> = vec![
+            ("an extra argument", vec!["-u", OWNER, bin, "--config", conf, "transfer", "iso", "--all"], Some(pw)),
+            ("an extra argument before the verb", vec!["-u", OWNER, bin, "--config", conf, "--config", conf, "transfer", "iso"], Some(pw)),
+            ("a missing argument", vec!["-u", OWNER, bin, "--config", conf, "transfer"], Some(pw)),
+            ("another mirror's name", vec!["-u", OWNER, bin, "--config", conf, "transfer", "iso2"], Some(pw)),
+            ("a path instead of a mirror", vec!["-u", OWNER, bin, "--config", conf, "fix-perms", "../../etc"], Some(pw)),
+            ("another verb", vec!["-u", OWNER, bin, "--config", conf, "check"], Some(pw)),
+            ("the allowed line as root", vec!["-u", "root", bin, "--config", conf, "transfer", "iso"], Some(pw)),
+            ("the allowed line as the default target (root)", vec![bin, "--config", conf, "transfer", "iso"], Some(pw)),
+            ("the allowed line as the reader", vec!["-u", READER, bin, "--config", conf, "transfer", "iso"], Some(pw)),
+            ("the allowed line with another group", vec!["-u", OWNER, "-g", "root", bin, "--config", conf, "transfer", "iso"], None),
+            ("rsync -e sh", vec!["-u", OWNER, "/usr/bin/rsync", "-e", "sh", "x:", &dest_s], Some(pw)),
+            ("rsync into dest", vec!["-u", OWNER, "/usr/bin/rsync", "-a", "/etc/hostname", &dest_s], Some(pw)),
+            ("rsync to another destination", vec!["-u", OWNER, "/usr/bin/rsync", "-a", &dest_s, "/tmp/elsewhere/"], Some(pw)),
+            ("a shell", vec!["-u", OWNER, "/bin/sh"], Some(pw)),
+            ("a login shell", vec!["-i", "-u", OWNER], None),
+            ("--preserve-env=RSYNC_RSH", vec!["--preserve-env=RSYNC_RSH", "-u", OWNER, bin, "--config", conf, "transfer", "iso"], None),
+            ("-E", vec!["-E", "-u", OWNER, bin, "--config", conf, "transfer", "iso"], None),
+            ("an environment assignment", vec!["-u", OWNER, "RSYNC_RSH=/bin/sh", bin, "--config", conf, "transfer", "iso"], None),
+            ("a different --config path", vec!["-u", OWNER, bin, "--config", "/tmp/syncgate.toml", "transfer", "iso"], Some(pw)),
+            ("--config=PATH spelling", vec!["-u", OWNER, bin, &config_eq, "transfer", "iso"], Some(pw)),
+            ("a different binary", vec!["-u", OWNER, "/usr/bin/env", bin, "--config", conf, "transfer", "iso"], Some(pw)),
+            ("sudoedit", vec!["-e", "-u", OWNER, conf], None),
+        ];
+        for (what, args, expect) in &cases {
+            let out = assert_sudo_refuses(&mh, what, args);
+            if let Some(e) = expect {
+                assert!(text(&out.stderr).contains(e), "{what}: {}", support::show(&out));
+            }
+        }
+
+        // The space-joined-string trap: sudo compares the arguments joined
+        // by spaces, so `"--config CONF"` as one argument matches the
+        // allowed line's string. Whoever refuses it, it must not run: the
+        // owner side takes no such argument.
+        let state_before = snapshot(&dest);
+        let joined = format!("--config {conf}");
+        let conf_transfer = format!("{conf} transfer");
+        let traps: Vec<Vec<&str>> = vec![
+            vec![bin, &joined, "transfer", "iso"],
+            vec![bin, "--config", &conf_transfer, "iso"],
+            vec![bin, "--config", conf, "transfer iso"],
+        ];
+        for trap in &traps {
+            let mut args = vec!["-u", OWNER];
+            args.extend(trap.iter().copied());
+            let out = sudo_as_login(&mh, &args);
+            let err = text(&out.stderr);
+            let by_sudo = err.starts_with("sudo: ") && err.contains(pw);
+            // sudo 1.9 cannot tell these from the allowed line; syncgate's
+            // parser then refuses them as a usage error before reading any
+            // config.
+            let by_parser = out.status.code() == Some(64) && err.starts_with("error: ");
+            assert!(by_sudo || by_parser, "re-split line {trap:?} was not refused: {}", support::show(&out));
+            assert!(out.stdout.is_empty(), "re-split line produced a report: {trap:?}: {}", support::show(&out));
+        }
+        assert_eq!(snapshot(&dest), state_before, "dest changed");
+    }
+}
+
+/// `syncgate check` as root: (exit code, report).
+fn check(mh: &MirrorHost) -> (Option<i32>, String) {
+    let out = mh.syncgate(&["check"]);
+    (
+        out.status.code(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+fn usermod(args: &[&str]) {
+    run_ok(Command::new(support::require_tool("usermod")).args(args));
+}
+
+/// A second authorized_keys line for the login account.
+fn add_key_line(mh: &MirrorHost, line: impl FnOnce(&str) -> String) {
+    let (_, public) = mh.host.client_key("intruder");
+    let file = mh.login.home.join(".ssh/authorized_keys");
+    let mut text = fs::read_to_string(&file).unwrap();
+    text.push_str(&line(&public));
+    text.push('\n');
+    fs::write(&file, text).unwrap();
+}
+
+type Breakage = fn(&mut MirrorHost);
+
+e2e_test! {
+    /// `syncgate check` passes on a good host (exit 0, no FAIL line), and
+    /// each way of breaking the set-up gives a FAIL line naming it (exit 1).
+    fn check_passes_on_a_good_host_and_names_each_breakage() {
+        let mh = MirrorHost::new();
+        let (code, report) = check(&mh);
+        assert_eq!(code, Some(0), "{report}");
+        assert!(!report.lines().any(|l| l.starts_with("FAIL")), "{report}");
+        assert!(report.contains("sudo lets syncgate run"), "{report}");
+        assert!(report.contains("sudo refuses"), "{report}");
+        drop(mh);
+
+        let cases: Vec<(&str, Breakage, Vec<String>)> = vec![
+            ("login shell /bin/sync", |_| usermod(&["-s", "/bin/sync", LOGIN]), vec!["login account syncgate".into(), "`sync` program".into()]),
+            ("login shell nologin", |_| usermod(&["-s", "/usr/sbin/nologin", LOGIN]), vec!["nologin".into(), "refuses to run commands".into()]),
+            ("locked login account", |_| usermod(&["-L", LOGIN]), vec!["syncgate is locked".into()]),
+            ("group-writable ~/.ssh", |mh| set_mode(&mh.login.home.join(".ssh"), 0o770), vec![".ssh".into(), "StrictModes".into()]),
+            ("config owned by the login account", |mh| {
+                nix::unistd::chown(&mh.config, Some(mh.login.uid.into()), None).unwrap();
+            }, vec!["syncgate.toml: the config file: it is owned by uid".into()]),
+            ("config directory owned by the login account", |mh| {
+                nix::unistd::chown(mh.config.parent().unwrap(), Some(mh.login.uid.into()), None).unwrap();
+            }, vec!["etc-syncgate: a directory above the config file".into()]),
+            ("a mirror added without re-installing the rule", |mh| mh.add_mirror("other", ""),
+                vec!["sudo does not let syncgate run".into(), "transfer other".into()]),
+            ("a sudoers rule that grants too much", |mh| {
+                mh.host.install_sudoers("syncgate-extra", "syncgate ALL=(mirror) NOPASSWD: ALL\n");
+            }, vec!["sudo ALLOWS".into()]),
+            ("an authorized_keys line without a forced command", |mh| add_key_line(mh, |k| k.to_string()),
+                vec!["authorized_keys line 2 has no forced command".into()]),
+            ("an authorized_keys line with the right words in its comment", |mh| {
+                add_key_line(mh, |k| format!("{k} restrict,command=\"/usr/bin/syncgate ssh --key x\""))
+            }, vec!["authorized_keys line 2 has no forced command".into()]),
+            ("a mirror named like a subcommand", |mh| {
+                mh.add_mirror("status", "");
+            }, vec!["mirror status: the name is also a syncgate subcommand".into()]),
+        ];
+        let mut problems = Vec::new();
+        for (what, breakage, expect) in cases {
+            let mut mh = MirrorHost::new();
+            breakage(&mut mh);
+            let (code, report) = check(&mh);
+            let hit = report
+                .lines()
+                .filter(|l| l.starts_with("FAIL"))
+                .any(|l| expect.iter().all(|e| l.contains(e.as_str())));
+            if code != Some(1) || !hit {
+                problems.push(format!("{what}: exit {code:?}, wanted exit 1 and a FAIL line with {expect:?}:\n{report}"));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}
+
+/// Processes in this test's mount namespace (the pid namespace is the
+/// machine's: other test runs may have an rsync or a uid 999 of their own).
+fn ours(pids: Vec<i32>) -> Vec<i32> {
+    let ns = fs::read_link("/proc/self/ns/mnt").unwrap();
+    let mine = procs::pids_in_mount_namespace(&ns.to_string_lossy());
+    pids.into_iter().filter(|p| mine.contains(p)).collect()
+}
+
+/// This namespace's processes of `uid` and its rsync processes, after
+/// waiting up to `wait` for them to go away.
+fn leftovers(uid: u32, wait: Duration) -> Vec<i32> {
+    let find = || {
+        let mut p = procs::pids_of_user(uid);
+        p.extend(procs::pids_matching("rsync"));
+        p.sort_unstable();
+        p.dedup();
+        ours(p)
+    };
+    let until = Instant::now() + wait;
+    let mut p = find();
+    while !p.is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        p = find();
+    }
+    p
+}
+
+/// Waits up to `wait` for an rsync of the owner to run.
+fn wait_for_owner_rsync(mh: &MirrorHost, wait: Duration) -> bool {
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        let owners = ours(procs::pids_of_user(mh.owner.uid));
+        if procs::pids_matching("rsync")
+            .iter()
+            .any(|p| owners.contains(p))
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+e2e_test! {
+    /// The wall-clock timeout and a SIGTERM to the gate both reach rsync
+    /// through sudo, and nothing of the owner (nor any rsync) is left running.
+    fn timeout_and_sigterm_stop_rsync_through_sudo() {
+        let mut mh = MirrorHost::new();
+        mh.set_mirror_extra("iso", "timeout = 2\nbwlimit = 200\n");
+        mh.put("iso", "big.iso", &vec![7u8; 8 << 20]);
+        let t0 = Instant::now();
+        let out = mh.ssh(Some("sync")).output().unwrap();
+        let took = t0.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{}", support::show(&out));
+        let err = text(&out.stderr);
+        assert!(err.contains("timed out"), "{}", support::show(&out));
+        // rsync itself got the TERM (sudo relayed it; the owner side passed
+        // it on), well within the gate's 10 s grace before SIGKILL.
+        assert!(err.contains("received SIGINT, SIGTERM, or SIGHUP"), "{}", support::show(&out));
+        assert!(took < Duration::from_secs(9), "took {took:?}: {}", support::show(&out));
+        assert_eq!(last_run(&mh, "iso")["result"], "timeout", "{}", mh.state("iso"));
+        let left = leftovers(mh.owner.uid, Duration::from_secs(5));
+        assert!(left.is_empty(), "left running after the timeout:\n{}", procs::describe_pids(&left));
+        assert!(!mh.dest("iso").join("big.iso").exists(), "a partial file was published");
+
+        // SIGTERM to the gate (the forced command, running as the login
+        // account) while rsync runs as the owner.
+        mh.set_mirror_extra("iso", "bwlimit = 200\n");
+        let err_path = mh.path("ssh-stderr");
+        let mut cmd = mh.ssh(Some("sync"));
+        cmd.stdout(Stdio::null()).stderr(fs::File::create(&err_path).unwrap());
+        let mut client = ChildGuard::spawn(&mut cmd, "ssh sync");
+        assert!(wait_for_owner_rsync(&mh, Duration::from_secs(15)), "rsync never ran as {OWNER}");
+        let bin = format!("{} ", mh.bin.display());
+        let gates: Vec<i32> = ours(procs::pids_of_user(mh.login.uid))
+            .into_iter()
+            .filter(|&p| {
+                let c = procs::cmdline(p);
+                c.starts_with(&bin) && c.contains(" ssh --key ")
+            })
+            .collect();
+        assert_eq!(gates.len(), 1, "gate processes: {gates:?}\n{}", procs::describe_pids(&procs::pids_of_user(mh.login.uid)));
+        kill(Pid::from_raw(gates[0]), Signal::SIGTERM).unwrap();
+        let t0 = Instant::now();
+        let status = client.wait_timeout(Duration::from_secs(30)).expect("ssh client still running 30 s after SIGTERM to the gate");
+        let stopped_after = t0.elapsed();
+        let err = fs::read_to_string(&err_path).unwrap();
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(err.contains("stopped by a signal"), "{err}");
+        assert!(err.contains("received SIGINT, SIGTERM, or SIGHUP"), "{err}");
+        assert!(stopped_after < Duration::from_secs(9), "took {stopped_after:?}: {err}");
+        let left = leftovers(mh.owner.uid, Duration::from_secs(15).saturating_sub(t0.elapsed()));
+        assert!(left.is_empty(), "left running 15 s after SIGTERM:\n{}", procs::describe_pids(&left));
+        assert_eq!(last_run(&mh, "iso")["result"], "aborted", "{}\n{err}", mh.state("iso"));
+        assert!(mh.state("iso")["running"].is_null(), "{}", mh.state("iso"));
+    }
+}
+
+/// (mode, uid, gid, ctime, ctime_nsec, content or listing) of an outside object.
+fn fingerprint(p: &Path) -> (u32, u32, u32, i64, i64, Vec<u8>) {
+    let md = fs::symlink_metadata(p).unwrap();
+    let body = if md.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_encoded_bytes())
+            .collect();
+        names.sort();
+        names.concat()
+    } else {
+        fs::read(p).unwrap()
+    };
+    (
+        md.mode(),
+        md.uid(),
+        md.gid(),
+        md.ctime(),
+        md.ctime_nsec(),
+        body,
+    )
+}
+
+e2e_test! {
+    /// fix-perms never follows a symlink: links in dest (placed by root,
+    /// under names rsync neither transfers nor deletes) that point at files
+    /// and directories outside the tree owned by the owner with mode 0600 /
+    /// 0700 leave those untouched (mode, owner, ctime) and are removed.
+    fn fix_perms_never_follows_a_symlink_out_of_the_tree() {
+        let mut mh = MirrorHost::new();
+        mh.set_mirror_extra("iso", "exclude = [\"evil*\"]\n");
+        mh.put("iso", "a.iso", b"a");
+        mh.put("iso", "sub/b.iso", b"b");
+        ssh_sync_ok(&mut mh);
+
+        let outside = mh.path("outside");
+        fs::create_dir_all(outside.join("dir")).unwrap();
+        let secret = outside.join("secret.img");
+        fs::write(&secret, b"not for the web").unwrap();
+        fs::write(outside.join("dir/inner.img"), b"inner").unwrap();
+        for (p, mode) in [(&outside, 0o755), (&outside.join("dir"), 0o700), (&secret, 0o600), (&outside.join("dir/inner.img"), 0o600)] {
+            nix::unistd::chown(p.as_path(), Some(mh.owner.uid.into()), Some(mh.owner.gid.into())).unwrap();
+            set_mode(p, mode);
+        }
+        let dest = mh.dest("iso");
+        let links = [
+            (dest.join("evil-abs"), secret.clone()),
+            (dest.join("evil-rel"), PathBuf::from("../../outside/secret.img")),
+            (dest.join("evil-dir"), outside.join("dir")),
+            (dest.join("sub/evil-abs"), secret.clone()),
+            (dest.join("sub/evil-rel"), PathBuf::from("../../../outside/dir/inner.img")),
+            (dest.join("sub/evil-up"), PathBuf::from("..")),
+        ];
+        for (link, target) in &links {
+            symlink(target, link).unwrap();
+            if link.ends_with("evil-up") {
+                // In-tree: kept, so it must be the owner's (its group is
+                // fixed with lchown, which must not touch dest).
+                std::os::unix::fs::lchown(link, Some(mh.owner.uid), Some(mh.owner.gid)).unwrap();
+            }
+            assert_eq!(fs::canonicalize(link).unwrap().starts_with(&dest), link.ends_with("evil-up"), "{}", link.display());
+        }
+        let watched = [outside.clone(), outside.join("dir"), secret.clone(), outside.join("dir/inner.img")];
+        let before: Vec<_> = watched.iter().map(|p| fingerprint(p)).collect();
+        std::thread::sleep(Duration::from_millis(20));
+
+        ssh_sync_ok(&mut mh);
+        let after: Vec<_> = watched.iter().map(|p| fingerprint(p)).collect();
+        for ((p, b), a) in watched.iter().zip(&before).zip(&after) {
+            assert_eq!(b, a, "{} changed", p.display());
+        }
+        for (link, _) in &links[..5] {
+            assert!(fs::symlink_metadata(link).is_err(), "{} is still there", link.display());
+        }
+        // `sub/evil-up -> ..` stays inside the tree: kept (and lchown'ed).
+        let up = fs::symlink_metadata(dest.join("sub/evil-up")).unwrap();
+        assert!(up.file_type().is_symlink());
+        assert_eq!((up.uid(), up.gid()), (mh.owner.uid, gid_of(READER_GROUP)));
+        let msg = last_run(&mh, "iso")["message"].as_str().unwrap().to_string();
+        assert!(msg.contains("1 repaired, 5 removed"), "fix-perms did not remove the links itself: {msg}");
+        assert_published_tree(&mh, &dest);
+    }
+}
+
+e2e_test! {
+    /// fix-perms takes a mirror name, never a path: sudo refuses a path
+    /// from the login account, and even root (whom sudo lets through) gets
+    /// exit 64 naming the unknown mirror.
+    fn fix_perms_takes_no_path_from_its_caller() {
+        let mut mh = MirrorHost::new();
+        mh.put("iso", "a.iso", b"a");
+        ssh_sync_ok(&mut mh);
+        let bin = mh.bin.to_str().unwrap();
+        let conf = mh.config.to_str().unwrap();
+        let out = assert_sudo_refuses(&mh, "a path", &["-u", OWNER, bin, "--config", conf, "fix-perms", "../../etc"]);
+        assert!(text(&out.stderr).contains("a password is required"), "{}", support::show(&out));
+
+        let out = mh.syncgate(&["fix-perms", "nope"]);
+        assert_eq!(out.status.code(), Some(64), "{}", support::show(&out));
+        assert!(text(&out.stderr).contains("no mirror named \"nope\""), "{}", support::show(&out));
+        assert!(out.stdout.is_empty(), "{}", support::show(&out));
+
+        let out = Command::new(SUDO)
+            .args(["-n", "-u", OWNER, bin, "--config", conf, "fix-perms", "../../etc"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{}", support::show(&out));
+        assert!(text(&out.stderr).contains("no mirror named \"../../etc\""), "{}", support::show(&out));
+    }
+}
+
+e2e_test! {
+    /// The owner-side commands refuse a config that anyone but root could
+    /// have written (the file, its directory, or any directory above), even
+    /// when root runs them: exit 78, nothing transferred.
+    fn owner_side_refuses_an_untrusted_config() {
+        let mh = MirrorHost::new();
+        let bin = mh.bin.to_str().unwrap().to_string();
+        let sudo_owner = |conf: &Path, verb: &str| {
+            Command::new(SUDO)
+                .args(["-n", "-u", OWNER, &bin, "--config"])
+                .arg(conf)
+                .args([verb, "iso"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let untrusted = mh.path("untrusted");
+        fs::create_dir_all(untrusted.join("root-dir")).unwrap();
+        nix::unistd::chown(&untrusted, Some(mh.login.uid.into()), Some(mh.login.gid.into())).unwrap();
+        set_mode(&untrusted, 0o755);
+        set_mode(&untrusted.join("root-dir"), 0o755);
+        let text_ = mh.config_text();
+        let owned = untrusted.join("syncgate.toml");
+        fs::write(&owned, &text_).unwrap();
+        nix::unistd::chown(&owned, Some(mh.login.uid.into()), Some(mh.login.gid.into())).unwrap();
+        set_mode(&owned, 0o644);
+        let root_file = untrusted.join("root-file.toml");
+        fs::write(&root_file, &text_).unwrap();
+        set_mode(&root_file, 0o644);
+        let deeper = untrusted.join("root-dir/syncgate.toml");
+        fs::write(&deeper, &text_).unwrap();
+        set_mode(&deeper, 0o644);
+        let group_writable = mh.config.with_file_name("group-writable.toml");
+        fs::write(&group_writable, &text_).unwrap();
+        set_mode(&group_writable, 0o664);
+        let via_link = mh.config.with_file_name("link.toml");
+        symlink(&root_file, &via_link).unwrap();
+
+        mh.put("iso", "a.iso", b"a");
+        for (what, conf) in [
+            ("owned by the login account", &owned),
+            ("in a directory of the login account", &root_file),
+            ("below a directory of the login account", &deeper),
+            ("writable by its group", &group_writable),
+            ("a root-owned symlink to a file in a directory of the login account", &via_link),
+        ] {
+            for verb in ["transfer", "fix-perms"] {
+                let out = sudo_owner(conf, verb);
+                assert_eq!(out.status.code(), Some(78), "{verb} with a config {what}: {}", support::show(&out));
+                let err = text(&out.stderr);
+                assert!(err.contains("must be owned by root and not writable by group or others"), "{what}: {err}");
+                assert!(out.stdout.is_empty(), "{what}: {}", support::show(&out));
+            }
+        }
+        assert!(!mh.dest("iso").join("a.iso").exists(), "something was transferred");
+
+        // The real config works the same way.
+        let out = sudo_owner(&mh.config, "transfer");
+        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        assert!(mh.dest("iso").join("a.iso").exists());
+    }
+}
+
+e2e_test! {
+    /// `syncgate sudoers --install` installs /etc/sudoers.d/syncgate as
+    /// root:root 0440 that `visudo -c` accepts and that is exactly what
+    /// `syncgate sudoers` prints; a config whose path holds a space is
+    /// refused (by the config load with privilege = "sudo", by the rule
+    /// renderer otherwise) and nothing is installed.
+    fn sudoers_install_is_valid_and_refuses_unsafe_paths() {
+        let mh = MirrorHost::new();
+        let installed = Path::new("/etc/sudoers.d/syncgate");
+        let md = fs::metadata(installed).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o440, 0, 0));
+        run_ok(Command::new(support::require_tool("visudo")).arg("-c"));
+        let printed = mh.syncgate(&["sudoers"]);
+        assert!(printed.status.success(), "{}", support::show(&printed));
+        let rule = fs::read(installed).unwrap();
+        assert_eq!(text(&rule), text(&printed.stdout));
+        let line = owner_line(&mh, "transfer", "iso").join(" ");
+        assert!(text(&rule).contains(&format!("syncgate ALL=(mirror) NOPASSWD: {line}, ")), "{}", text(&rule));
+        let leftovers: Vec<_> = fs::read_dir("/etc/sudoers.d").unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with(".syncgate")).collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        let spaced_dir = mh.path("etc syncgate");
+        fs::create_dir_all(&spaced_dir).unwrap();
+        set_mode(&spaced_dir, 0o755);
+        let spaced = spaced_dir.join("syncgate.toml");
+        let run = |conf: &Path, args: &[&str]| {
+            Command::new(&mh.bin).arg("--config").arg(conf).args(args).stdin(Stdio::null()).output().unwrap()
+        };
+        fs::write(&spaced, mh.config_text()).unwrap();
+        for args in [&["sudoers"][..], &["sudoers", "--install"]] {
+            let out = run(&spaced, args);
+            assert_eq!(out.status.code(), Some(78), "{}", support::show(&out));
+            assert!(text(&out.stderr).contains("with privilege = \"sudo\" the config path may only hold letters, digits, '/', '.', '_' and '-'"), "{}", support::show(&out));
+            assert!(out.stdout.is_empty());
+        }
+        fs::write(&spaced, mh.config_text().replace("privilege = \"sudo\"", "privilege = \"direct\"")).unwrap();
+        for args in [&["sudoers"][..], &["sudoers", "--install"]] {
+            let out = run(&spaced, args);
+            assert_eq!(out.status.code(), Some(78), "{}", support::show(&out));
+            assert!(text(&out.stderr).contains("a command line holds characters sudoers would interpret"), "{}", support::show(&out));
+            assert!(out.stdout.is_empty());
+        }
+        assert_eq!(fs::read(installed).unwrap(), rule, "the installed rule changed");
+    }
+}
