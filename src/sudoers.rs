@@ -26,7 +26,9 @@ pub fn render(cfg: &Config) -> Result<String> {
          # They take only a mirror name; everything else comes from the root-owned config.\n\
          Defaults:{login} env_reset\n\
          Defaults:{login} secure_path=\"{SAFE_PATH}\"\n\
-         Defaults:{login} !lecture\n",
+         Defaults:{login} !lecture\n\
+         # No pty: the owner side reads the gate's pipe on stdin to notice a dead gate.\n\
+         Defaults:{login} !use_pty\n",
         cfg = cfg.path.display()
     );
     let subcommands = subcommand_names();
