@@ -19,6 +19,7 @@
 pub mod host;
 pub mod mirror_host;
 pub mod ns;
+pub mod observer;
 pub mod procs;
 pub mod rsyncd;
 pub mod sshd;
