@@ -502,3 +502,43 @@ fn an_unreachable_upstream_fails_with_rsyncs_own_code_and_publishes_nothing() {
     assert_eq!(f.state()["runs"][0]["result"], "failed");
     assert_eq!(f.state()["runs"][0]["rsync_exit"], 10);
 }
+
+#[test]
+fn a_lock_file_that_is_a_symlink_or_owned_by_someone_else_is_refused() {
+    let f = Fixture::new("");
+    f.put("a.iso", b"a");
+    assert!(f.sync().status.success());
+    let lock = f.state.join("m.lock");
+    let ino = std::fs::metadata(&lock).unwrap().ino();
+    assert!(f.sync().status.success());
+    assert_eq!(
+        std::fs::metadata(&lock).unwrap().ino(),
+        ino,
+        "the lock file is never replaced"
+    );
+
+    std::fs::remove_file(&lock).unwrap();
+    let target = f.dir.path().join("elsewhere");
+    std::fs::write(&target, b"").unwrap();
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    let out = f.sync();
+    assert_eq!(out.status.code(), Some(70), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symlink"),
+        "{}",
+        text(&out)
+    );
+
+    if nix::unistd::geteuid().is_root() {
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::write(&lock, b"").unwrap();
+        std::os::unix::fs::chown(&lock, Some(12345), None).unwrap();
+        let out = f.sync();
+        assert_eq!(out.status.code(), Some(70), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("owned by uid 12345"),
+            "{}",
+            text(&out)
+        );
+    }
+}
