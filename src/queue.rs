@@ -108,13 +108,27 @@ fn acquire(
         audit.log(Level::Warning, &l);
     };
     loop {
-        match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok(Ok(f)) => return Ok(f),
+        let got = match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(Ok(f)) => Some(f),
             Ok(Err(e)) => return Err(Error::io("cannot lock the mirror", e)),
             Err(RecvTimeoutError::Disconnected) => {
                 return Err(Error::Internal("lock waiter vanished".into()))
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => None,
+        };
+        // Also checked when the lock has just arrived: a caller that left
+        // while queued must not start a run (or be coalesced) just because
+        // its turn came before the next poll. Dropping the lock releases it.
+        if crate::progress::caller_gone() {
+            leave("client-disconnected", audit);
+            return Err(Error::Abandoned("client disconnected while queued".into()));
+        }
+        if crate::signals::terminate_requested() || crate::signals::hangup_received() {
+            leave("signal", audit);
+            return Err(Error::Abandoned("stopped by a signal while queued".into()));
+        }
+        if let Some(f) = got {
+            return Ok(f);
         }
         let waited = start.elapsed();
         if waited >= limit {
@@ -124,14 +138,6 @@ fn acquire(
                 waited: waited.as_secs(),
                 limit: mirror.queue_timeout,
             });
-        }
-        if crate::progress::caller_gone() {
-            leave("client-disconnected", audit);
-            return Err(Error::Abandoned("client disconnected while queued".into()));
-        }
-        if crate::signals::terminate_requested() || crate::signals::hangup_received() {
-            leave("signal", audit);
-            return Err(Error::Abandoned("stopped by a signal while queued".into()));
         }
         if Instant::now() >= next_beat {
             next_beat += beat;

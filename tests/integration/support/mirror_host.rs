@@ -246,3 +246,92 @@ pub fn gid_of(group: &str) -> u32 {
         .gid
         .as_raw()
 }
+
+// ---- Helpers for the gate's end-to-end tests (additive). ----
+
+impl MirrorHost {
+    /// Creates a client key `NAME`, turns it into an authorized_keys line with
+    /// `syncgate authorized-key --key NAME [--from CIDR]...` and appends that
+    /// line to the login account's authorized_keys (mode and owner kept).
+    /// Returns the private key's path.
+    pub fn add_key(&self, name: &str, from: &[&str]) -> PathBuf {
+        use std::io::Write;
+        let (key, public) = self.host.client_key(name);
+        let pubfile = self.host.path(format!("{name}.pub"));
+        fs::write(&pubfile, format!("{public}\n")).unwrap();
+        let mut args = vec!["authorized-key", "--key", name];
+        for cidr in from {
+            args.extend(["--from", cidr]);
+        }
+        args.push(pubfile.to_str().unwrap());
+        let out = self.syncgate(&args);
+        assert!(
+            out.status.success(),
+            "authorized-key: {}",
+            super::show(&out)
+        );
+        let file = self.login.home.join(".ssh/authorized_keys");
+        let mut f = fs::OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(&out.stdout).unwrap();
+        key
+    }
+
+    /// `ssh syncgate@127.0.0.1` with `key` and the remote command given as raw
+    /// bytes (the client sends argv bytes as they are), stdin /dev/null.
+    pub fn ssh_raw(&self, key: &Path, cmd: Option<&std::ffi::OsStr>) -> Command {
+        let mut c = self.host.ssh(LOGIN, key, None);
+        if let Some(cmd) = cmd {
+            c.arg(cmd);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Live gate processes: processes of the login account whose command
+    /// line contains `ssh --key` (the forced command).
+    pub fn gate_pids(&self) -> Vec<i32> {
+        super::procs::pids_of_user(self.login.uid)
+            .into_iter()
+            .filter(|&p| super::procs::cmdline(p).contains("ssh --key"))
+            .collect()
+    }
+
+    /// Live processes of the login account and of the image owner.
+    pub fn user_pids(&self) -> Vec<i32> {
+        let mut pids = super::procs::pids_of_user(self.login.uid);
+        pids.extend(super::procs::pids_of_user(self.owner.uid));
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Waits until the state file of `mirror` satisfies `pred`; returns it,
+    /// or panics with the last state after `timeout`.
+    pub fn wait_state(
+        &self,
+        mirror: &str,
+        timeout: std::time::Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let s = self.state(mirror);
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mirror}: {what} did not happen within {timeout:?}; state: {s:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until a run of `mirror` is in progress (state `running` set).
+    pub fn wait_running(&self, mirror: &str, timeout: std::time::Duration) -> serde_json::Value {
+        self.wait_state(mirror, timeout, "a run starting", |s| {
+            !s["running"].is_null()
+        })
+    }
+}
