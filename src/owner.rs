@@ -203,6 +203,65 @@ fn prepare_temp_dir(dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes rsync's `--delay-updates` holding directories (`.~tmp~`) below
+/// dest, without following symlinks. After a stage 2 that did not finish
+/// they hold checksum files and markers that were never published, some
+/// of them partial (rsync keeps an interrupted file there), under published
+/// directories. Returns how many were removed; what cannot be removed is
+/// left to fix-perms after the next successful run.
+fn remove_delayed_updates(dest: &Path) -> u64 {
+    let mut removed = 0;
+    let mut dirs = vec![(dest.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if !ft.is_dir() || (depth == 0 && e.file_name() == argv::TEMP_DIR) {
+                continue;
+            }
+            if e.file_name() == crate::fixperms::RSYNC_PARTIAL_DIR {
+                if std::fs::remove_dir_all(e.path()).is_ok() {
+                    removed += 1;
+                }
+            } else if depth < 256 {
+                dirs.push((e.path(), depth + 1));
+            }
+        }
+    }
+    removed
+}
+
+/// Waits up to `limit` until process group `pgid` is empty: when the main
+/// rsync has exited, its own children may still be finishing (moving an
+/// interrupted file into `.~tmp~`, say). Reads /proc only; signals nothing.
+fn wait_group_empty(pgid: u32, limit: Duration) {
+    let member = |stat: &str| -> bool {
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // state ppid pgrp ...
+        f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string()
+    };
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        let busy = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().parse::<u32>().is_ok()
+                        && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| member(&s))
+                })
+            })
+            .unwrap_or(false);
+        if !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Watches stdin when it is a pipe from the gate: EOF means the gate died.
 fn watch_lifeline() -> Arc<AtomicBool> {
     let cut = Arc::new(AtomicBool::new(false));
@@ -250,12 +309,60 @@ impl Watcher for RsyncWatch<'_> {
     }
 }
 
-fn run_rsync(
-    argv: &[String],
-    home: &str,
-    lock: &File,
-    cut: &AtomicBool,
-) -> Result<(i32, Stats, Vec<String>, bool)> {
+/// How one rsync run ended.
+struct RsyncEnd {
+    /// Its exit code, or 128 + the signal that killed it.
+    code: i32,
+    /// The signal that killed it, if one did.
+    signal: Option<i32>,
+    stats: Stats,
+    /// Its stderr lines (the first 20).
+    errors: Vec<String>,
+    /// We stopped it (gate gone, signal, timeout).
+    stopped: bool,
+}
+
+impl RsyncEnd {
+    /// "rsync exited 11 (error in file I/O): rsync: [receiver] write failed
+    /// on ...: No space left on device (28)", or "rsync was killed by signal
+    /// 9 (SIGKILL)": rsync's own code or its death, then the line of its
+    /// stderr most likely to name the cause.
+    fn failure(&self) -> String {
+        let what = match self.signal {
+            Some(sig) => format!(
+                "rsync was killed by signal {sig} ({})",
+                nix::sys::signal::Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal")
+            ),
+            None => format!(
+                "rsync exited {} ({})",
+                self.code,
+                crate::rsync::describe(self.code)
+            ),
+        };
+        match first_cause(&self.errors) {
+            Some(line) => format!("{what}: {line}"),
+            None => what,
+        }
+    }
+}
+
+/// The stderr line that names the cause of a failure: rsync reports the
+/// cause first ("write failed on ...: No space left on device") and then
+/// its consequences (a broken pipe between its own processes, the generic
+/// "rsync error: ... (code N)" summary), so the first line that is neither
+/// the summary nor a notice wins; the summary is the fallback.
+fn first_cause(errors: &[String]) -> Option<&str> {
+    let generic = |l: &str| l.starts_with("rsync error:") || l.starts_with("Deletions stopped");
+    errors
+        .iter()
+        .find(|l| !generic(l))
+        .or_else(|| errors.first())
+        .map(|l| l.trim())
+}
+
+fn run_rsync(argv: &[String], home: &str, lock: &File, cut: &AtomicBool) -> Result<RsyncEnd> {
     // The dest lock goes to rsync and every process it forks.
     nix::fcntl::fcntl(
         lock,
@@ -279,17 +386,21 @@ fn run_rsync(
     let fin = child
         .wait(None, RSYNC_GRACE, &mut w)
         .context(|| "waiting for rsync".into())?;
+    if !fin.status.success() {
+        wait_group_empty(child.pid(), RSYNC_GRACE);
+    }
     nix::fcntl::fcntl(
         lock,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(|e| Error::Internal(format!("fcntl: {e}")))?;
-    Ok((
-        child::code_of(&fin.status),
-        w.stats,
-        w.errors,
-        fin.ending != child::Ending::Exited,
-    ))
+    Ok(RsyncEnd {
+        code: child::code_of(&fin.status),
+        signal: std::os::unix::process::ExitStatusExt::signal(&fin.status),
+        stats: w.stats,
+        errors: w.errors,
+        stopped: fin.ending != child::Ending::Exited,
+    })
 }
 
 fn home_of(uid: u32) -> String {
@@ -309,6 +420,15 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
     let lock = lock_dest(m)?;
     prepare_temp_dir(&m.dest)?;
     let result = transfer_locked(cfg, m, &lock, &cut);
+    if !matches!(&result, Ok(r) if r.ok) {
+        let n = remove_delayed_updates(&m.dest);
+        if n > 0 {
+            crate::progress::say(&format!(
+                "removed {n} unpublished delayed-update director{} (.~tmp~)",
+                if n == 1 { "y" } else { "ies" }
+            ));
+        }
+    }
     // The temp dir (mode 0700) is not part of the published tree: readers
     // must be able to list every directory. rsync empties it on every exit
     // it controls; what an aborted run leaves is removed at the next run.
@@ -330,18 +450,17 @@ fn transfer_locked(
         "stage 1: all but {} (no deletions)",
         m.last.join(" ")
     ));
-    let (code, stats, errors, stopped) = run_rsync(&a1, &home, lock, cut)?;
-    report.stage1 = stats;
-    report.rsync_exit = Some(code);
-    if stopped {
+    let end = run_rsync(&a1, &home, lock, cut)?;
+    report.stage1 = end.stats.clone();
+    report.rsync_exit = Some(end.code);
+    if end.stopped {
         report.message = "stage 1 stopped (sync aborted or timed out); nothing published".into();
         return Ok(report);
     }
-    if !matches!(code, 0 | 24 | 25) {
+    if end.signal.is_some() || !matches!(end.code, 0 | 24 | 25) {
         report.message = format!(
-            "stage 1 failed: rsync exited {code} ({}){}; checksum files and markers were not published",
-            crate::rsync::describe(code),
-            errors.last().map(|e| format!(": {e}")).unwrap_or_default()
+            "stage 1 failed: {}; checksum files and markers were not published",
+            end.failure()
         );
         return Ok(report);
     }
@@ -366,20 +485,17 @@ fn transfer_locked(
             String::new()
         }
     ));
-    let (code, stats, errors, stopped) = run_rsync(&a2, &home, lock, cut)?;
-    report.stage2 = Some(stats);
+    let end = run_rsync(&a2, &home, lock, cut)?;
+    let code = end.code;
+    report.stage2 = Some(end.stats.clone());
     report.stage2_full = full;
     report.rsync_exit = Some(code);
-    if stopped {
+    if end.stopped {
         report.message = "stage 2 stopped (sync aborted or timed out)".into();
         return Ok(report);
     }
-    if !matches!(code, 0 | 24) {
-        report.message = format!(
-            "stage 2 failed: rsync exited {code} ({}){}",
-            crate::rsync::describe(code),
-            errors.last().map(|e| format!(": {e}")).unwrap_or_default()
-        );
+    if end.signal.is_some() || !matches!(code, 0 | 24) {
+        report.message = format!("stage 2 failed: {}", end.failure());
         return Ok(report);
     }
     report.ok = true;
@@ -420,4 +536,54 @@ pub fn fix_perms(cfg: &Config, name: &str) -> Result<FixPermsReport> {
             ..Default::default()
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_failure_names_its_first_cause_not_its_consequences() {
+        let full = lines(&[
+            "rsync: [receiver] write failed on \"/srv/m/big.iso\": No space left on device (28)",
+            "rsync error: error in file IO (code 11) at receiver.c(657) [receiver=3.5.0]",
+            "rsync: [sender] write error: Broken pipe (32)",
+        ]);
+        assert_eq!(
+            first_cause(&full),
+            Some("rsync: [receiver] write failed on \"/srv/m/big.iso\": No space left on device (28)")
+        );
+        let only_summary = lines(&["rsync error: timeout in data send/receive (code 30)"]);
+        assert_eq!(first_cause(&only_summary), Some(only_summary[0].as_str()));
+        assert_eq!(first_cause(&[]), None);
+    }
+
+    #[test]
+    fn a_killed_rsync_is_named_as_such() {
+        let end = RsyncEnd {
+            code: 137,
+            signal: Some(9),
+            stats: Stats::default(),
+            errors: vec![],
+            stopped: false,
+        };
+        assert_eq!(end.failure(), "rsync was killed by signal 9 (SIGKILL)");
+        let end = RsyncEnd {
+            code: 10,
+            signal: None,
+            errors: lines(&[
+                "rsync: failed to connect to 127.0.0.1 (127.0.0.1): Connection refused (111)",
+                "rsync error: error in socket IO (code 10) at clientserver.c(139) [Receiver=3.5.0]",
+            ]),
+            ..end
+        };
+        assert_eq!(
+            end.failure(),
+            "rsync exited 10 (error in socket I/O): rsync: failed to connect to 127.0.0.1 (127.0.0.1): Connection refused (111)"
+        );
+    }
 }

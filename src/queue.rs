@@ -259,7 +259,15 @@ pub fn serve(
     };
     st.running = None;
     st.push(record.clone());
-    st.save(sd, name)?;
+    if let Err(e) = st.save(sd, name) {
+        // The run is still recorded as running, so the next lock holder
+        // records it as died: it never counts as a success. Say what
+        // happened to the sync itself, and fail the request.
+        return Err(Error::Internal(format!(
+            "run #{run} ended ({}) but its result could not be recorded: {e}; the next request records it as died",
+            record.result.as_str()
+        )));
+    }
     drop(lock);
     Ok(Served {
         record,

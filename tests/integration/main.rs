@@ -8,6 +8,7 @@ mod fixture;
 mod support;
 
 mod core;
+mod faults;
 mod gate;
 mod harness;
 mod privilege;
