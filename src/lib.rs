@@ -60,6 +60,20 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// The owner side's one JSON line for the gate. If the gate is already gone
+/// there is nobody to tell; that is not an error of the work just done.
+fn print_report<T: serde::Serialize>(report: &T) {
+    let mut line = serde_json::to_string(report).expect("report serializes");
+    line.push('\n');
+    out(&line);
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
 fn who_am_i() -> String {
     let uid = nix::unistd::getuid();
     let name = nix::unistd::User::from_uid(uid)
@@ -92,7 +106,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 .unwrap_or_else(|_| std::path::PathBuf::from("/usr/bin/syncgate"));
             let line =
                 gate::authorized_key_line(&binary, cli.config.as_deref(), key, &nets, &pubkey)?;
-            println!("{line}");
+            out(&format!("{line}\n"));
             Ok(exit::OK)
         }
         Command::Sync {
@@ -152,23 +166,20 @@ fn dispatch(cli: Cli) -> Result<u8> {
                     sudoers::INSTALL_PATH
                 ));
             } else {
-                print!("{}", sudoers::render(&cfg)?);
+                out(&sudoers::render(&cfg)?);
             }
             Ok(exit::OK)
         }
         Command::Check => {
             let cfg = Config::load(cli.config_path())?;
             let report = check::check(&cfg);
-            print!("{}", report.render());
+            out(&report.render());
             Ok(report.exit_code())
         }
         Command::Transfer { mirror } => {
             let cfg = Config::load(cli.config_path())?;
             let report = owner::transfer(&cfg, mirror)?;
-            println!(
-                "{}",
-                serde_json::to_string(&report).expect("report serializes")
-            );
+            print_report(&report);
             Ok(if report.ok {
                 exit::OK
             } else {
@@ -178,10 +189,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::FixPerms { mirror } => {
             let cfg = Config::load(cli.config_path())?;
             let report = owner::fix_perms(&cfg, mirror)?;
-            println!(
-                "{}",
-                serde_json::to_string(&report).expect("report serializes")
-            );
+            print_report(&report);
             Ok(if report.ok {
                 exit::OK
             } else {

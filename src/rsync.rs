@@ -53,8 +53,16 @@ impl Stats {
     }
 }
 
-/// rsync's exit codes, in words (from rsync(1)).
-pub fn describe(code: i32) -> &'static str {
+/// rsync's exit codes, in words (from rsync(1)); 128+N is how a death by
+/// signal N is recorded.
+pub fn describe(code: i32) -> String {
+    if code > 128 {
+        return format!("killed by signal {}", code - 128);
+    }
+    describe_code(code).to_string()
+}
+
+fn describe_code(code: i32) -> &'static str {
     match code {
         0 => "success",
         1 => "syntax or usage error",

@@ -27,7 +27,25 @@ pub fn sync(
         ));
         return Ok(exit::OK);
     }
-    let sd = StateDir::open(&cfg.state_dir)?;
+    let sd = match StateDir::open(&cfg.state_dir) {
+        Ok(sd) => sd,
+        Err(e) => {
+            for name in mirrors {
+                let mut l = Line::new("outcome");
+                l.kv("request", &base.request)
+                    .kv("mirror", name)
+                    .kv("trigger", base.trigger);
+                for (k, v) in extra {
+                    l.kv(k, v);
+                }
+                l.kv("result", "error")
+                    .kv("exit", e.exit_code())
+                    .kv("message", e.to_string());
+                audit.log(Level::Error, &l);
+            }
+            return Err(e);
+        }
+    };
     let mut worst = exit::OK;
     for name in mirrors {
         let mirror = cfg.mirror(name)?;
