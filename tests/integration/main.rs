@@ -10,3 +10,4 @@ mod support;
 mod core;
 mod gate;
 mod harness;
+mod ship;
