@@ -49,6 +49,7 @@ pub enum Command {
     },
     /// Show each mirror: idle or running, waiting requests, last run, last success.
     Status {
+        /// Only this mirror.
         mirror: Option<String>,
         /// Machine-readable output (stable; see README "Monitoring").
         #[arg(long)]
@@ -65,16 +66,19 @@ pub enum Command {
     },
     /// Print an authorized_keys line that binds PUBKEY_FILE to the gate.
     AuthorizedKey {
+        /// The key's name: selects [key.NAME] in the config.
         #[arg(long, value_name = "NAME")]
         key: String,
         /// Client networks allowed to use the key (repeatable).
         #[arg(long, value_name = "CIDR")]
         from: Vec<String>,
+        /// The client's public key file (e.g. id_ed25519.pub).
         pubkey_file: PathBuf,
     },
     /// Print the sudoers.d rule for this config; --install validates it with
     /// visudo and installs it as /etc/sudoers.d/syncgate (mode 0440).
     Sudoers {
+        /// Validate with visudo and install instead of printing.
         #[arg(long)]
         install: bool,
     },
@@ -82,9 +86,31 @@ pub enum Command {
     /// finding, each problem with a fix. Exits 1 if anything is wrong.
     Check,
     /// Owner side: run both rsync stages for MIRROR (run by the gate, through sudo).
-    Transfer { mirror: String },
+    Transfer {
+        /// A mirror name from the config.
+        mirror: String,
+    },
     /// Owner side: enforce owner, reader group and modes on MIRROR's tree.
-    FixPerms { mirror: String },
+    FixPerms {
+        /// A mirror name from the config.
+        mirror: String,
+    },
+    /// Print the man page or a shell completion script (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: GenerateWhat,
+    },
+}
+
+/// What `syncgate generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenerateWhat {
+    /// syncgate(1) in roff.
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
 }
 
 impl Cli {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod fixperms;
 pub mod gate;
+pub mod generate;
 pub mod locks;
 pub mod owner;
 pub mod policy;
@@ -87,6 +88,7 @@ fn who_am_i() -> String {
 fn dispatch(cli: Cli) -> Result<u8> {
     match &cli.command {
         Command::Ssh { key } => gate::run(cli.config_path(), key),
+        Command::Generate { what } => generate::run(*what),
         Command::AuthorizedKey {
             key,
             from,

@@ -12,3 +12,4 @@ mod faults;
 mod gate;
 mod harness;
 mod privilege;
+mod ship;
