@@ -9,6 +9,41 @@ use crate::queue::{self, Requester};
 use crate::state::RunResult;
 use crate::statedir::StateDir;
 
+/// The start of an `outcome` line: who asked for which mirror.
+fn outcome_line(req: &Requester, mirror: &str, extra: &[(&str, String)]) -> Line {
+    let mut l = Line::new("outcome");
+    l.kv("request", &req.request)
+        .kv("mirror", mirror)
+        .kv("trigger", req.trigger);
+    for (k, v) in extra {
+        l.kv(k, v);
+    }
+    l
+}
+
+/// An `outcome` line for a request that ended in an error before or
+/// instead of a run.
+fn error_outcome(
+    audit: &mut Audit,
+    req: &Requester,
+    mirror: &str,
+    extra: &[(&str, String)],
+    e: &Error,
+) {
+    let mut l = outcome_line(req, mirror, extra);
+    l.kv(
+        "result",
+        match e {
+            Error::QueueTimeout { .. } => "queue-timeout",
+            Error::Abandoned(_) => "abandoned",
+            _ => "error",
+        },
+    )
+    .kv("exit", e.exit_code())
+    .kv("message", e.to_string());
+    audit.log(Level::Error, &l);
+}
+
 /// Serves `mirrors` one after another and returns the worst exit code.
 pub fn sync(
     cfg: &Config,
@@ -31,17 +66,7 @@ pub fn sync(
         Ok(sd) => sd,
         Err(e) => {
             for name in mirrors {
-                let mut l = Line::new("outcome");
-                l.kv("request", &base.request)
-                    .kv("mirror", name)
-                    .kv("trigger", base.trigger);
-                for (k, v) in extra {
-                    l.kv(k, v);
-                }
-                l.kv("result", "error")
-                    .kv("exit", e.exit_code())
-                    .kv("message", e.to_string());
-                audit.log(Level::Error, &l);
+                error_outcome(audit, base, name, extra, &e);
             }
             return Err(e);
         }
@@ -82,13 +107,7 @@ pub fn sync(
                     ),
                 };
                 say(&summary);
-                let mut l = Line::new("outcome");
-                l.kv("request", &req.request)
-                    .kv("mirror", name)
-                    .kv("trigger", req.trigger);
-                for (k, v) in extra {
-                    l.kv(k, v);
-                }
+                let mut l = outcome_line(&req, name, extra);
                 l.kv("run", r.run)
                     .kv("coalesced", if s.coalesced { "yes" } else { "no" })
                     .kv("queue_wait", s.waited)
@@ -118,24 +137,7 @@ pub fn sync(
                 worst = worst.max(r.exit_code);
             }
             Err(e) => {
-                let mut l = Line::new("outcome");
-                l.kv("request", &req.request)
-                    .kv("mirror", name)
-                    .kv("trigger", req.trigger);
-                for (k, v) in extra {
-                    l.kv(k, v);
-                }
-                l.kv(
-                    "result",
-                    match &e {
-                        Error::QueueTimeout { .. } => "queue-timeout",
-                        Error::Abandoned(_) => "abandoned",
-                        _ => "error",
-                    },
-                )
-                .kv("exit", e.exit_code())
-                .kv("message", e.to_string());
-                audit.log(Level::Error, &l);
+                error_outcome(audit, &req, name, extra, &e);
                 say(&format!("{name}: {e}"));
                 worst = worst.max(e.exit_code());
             }
