@@ -45,6 +45,9 @@ pub const TAG_ENV: &str = "SYNCGATE_E2E_TAG";
 pub const OUTER_NS_ENV: &str = "SYNCGATE_E2E_OUTER_NS";
 /// Seconds the outer run waits for the inner run (default 300).
 pub const TIMEOUT_ENV: &str = "SYNCGATE_E2E_TIMEOUT";
+/// How long the outer run waits when neither the test nor [`TIMEOUT_ENV`]
+/// asks for more.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The inner run prints its mount namespace after this prefix (for humans
 /// reading the log; the outer run observes it directly).
 const MNTNS_LINE: &str = "syncgate-e2e: mount namespace ";
@@ -112,11 +115,18 @@ pub fn last_run() -> Option<NsRun> {
 /// output, asserts it passed and left nothing behind, and returns false.
 /// Inside the namespace: checks that it really is private and returns true.
 pub fn in_private_host(test_name: &str) -> bool {
+    in_private_host_within(test_name, Duration::ZERO)
+}
+
+/// Like [`in_private_host`] for a test that needs more time: the outer run
+/// waits up to `timeout` or [`TIMEOUT_ENV`] seconds (default
+/// [`DEFAULT_TIMEOUT`]), whichever is longer.
+pub fn in_private_host_within(test_name: &str, timeout: Duration) -> bool {
     if inside() {
         assert_private_namespace();
         return true;
     }
-    run_in_namespace(test_name);
+    run_in_namespace(test_name, timeout);
     false
 }
 
@@ -212,7 +222,7 @@ fn preflight(test_name: &str) -> PathBuf {
 }
 
 /// The outer run: see [`in_private_host`].
-fn run_in_namespace(test_name: &str) {
+fn run_in_namespace(test_name: &str, at_least: Duration) {
     let unshare = preflight(test_name);
     // One namespace run at a time on the whole machine (not per test
     // executable: worktrees and parallel `cargo test`s have their own), since
@@ -255,7 +265,8 @@ fn run_in_namespace(test_name: &str) {
     let timeout = std::env::var(TIMEOUT_ENV)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(DEFAULT_TIMEOUT.as_secs())
+        .max(at_least.as_secs());
     let deadline = Instant::now() + Duration::from_secs(timeout);
     let mut problems = Vec::new();
     let status = loop {
