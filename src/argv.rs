@@ -121,21 +121,34 @@ pub fn rsync_stage1(cfg: &Config, m: &Mirror) -> Vec<String> {
     v
 }
 
-/// Stage 2: the rest, with delayed updates and delayed deletes. When stage 1
-/// found nothing to delete, only the "last" files are considered (`full` =
-/// false), which keeps a no-change resync close to a single rsync pass.
-pub fn rsync_stage2(cfg: &Config, m: &Mirror, full: bool) -> Vec<String> {
+/// Stage 2: everything, with delayed updates and delayed deletes, so files
+/// that changed upstream after stage 1 land together with the checksum
+/// files and markers that name them.
+pub fn rsync_stage2(cfg: &Config, m: &Mirror) -> Vec<String> {
     let mut v = common(cfg, m);
     v.push("--delay-updates".into());
     v.push("--delete-delay".into());
     v.push(format!("--max-delete={}", m.max_delete));
-    if !full {
-        v.push("--include=*/".into());
-        for l in &m.last {
-            v.push(format!("--include={l}"));
-        }
-        v.push("--exclude=*".into());
+    endpoints(&mut v, m);
+    v
+}
+
+/// The probe between the stages: a dry run over the "last" files only,
+/// itemizing what stage 2 would publish or delete among them. When stage 1
+/// found nothing to delete and this finds nothing to publish, upstream has
+/// no new checksum file or marker and stage 2 is skipped, which keeps a
+/// no-change resync close to a single rsync pass. Otherwise stage 2 runs in
+/// full.
+pub fn rsync_probe(cfg: &Config, m: &Mirror) -> Vec<String> {
+    let mut v = common(cfg, m);
+    v.push("--dry-run".into());
+    v.push("--itemize-changes".into());
+    v.push("--delete".into());
+    v.push("--include=*/".into());
+    for l in &m.last {
+        v.push(format!("--include={l}"));
     }
+    v.push("--exclude=*".into());
     endpoints(&mut v, m);
     v
 }

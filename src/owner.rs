@@ -474,13 +474,45 @@ fn transfer_locked(
         return Ok(report);
     }
 
-    let full = pending > 0;
-    let a2 = argv::rsync_stage2(cfg, m, full);
+    // Stage 2 runs in full whenever anything among the last files changed
+    // or anything is to be deleted: files that changed upstream after stage
+    // 1 then land together with the checksum files that name them.
+    let full = if pending > 0 {
+        true
+    } else {
+        let probe = run_rsync(&argv::rsync_probe(cfg, m), &home, lock, cut)?;
+        if probe.stopped {
+            report.message =
+                "stopped between the stages (sync aborted or timed out); nothing published".into();
+            return Ok(report);
+        }
+        if probe.signal.is_some() || !matches!(probe.code, 0 | 24) {
+            report.rsync_exit = Some(probe.code);
+            report.message = format!(
+                "checking the last files failed: {}; checksum files and markers were not published",
+                probe.failure()
+            );
+            return Ok(report);
+        }
+        probe.stats.itemized > 0
+    };
+    if !full {
+        crate::progress::say(
+            "stage 2: no checksum file or marker changed upstream; nothing to publish",
+        );
+        report.ok = true;
+        report.message = if report.rsync_exit == Some(24) {
+            "transferred (some upstream files vanished during the transfer)".into()
+        } else {
+            "transferred".into()
+        };
+        return Ok(report);
+    }
+    let a2 = argv::rsync_stage2(cfg, m);
     crate::progress::say(&format!(
-        "stage 2: {} with delayed updates{}",
-        if full { "everything" } else { "the last files" },
-        if full {
-            format!(", deleting {pending}")
+        "stage 2: everything, with delayed updates{}",
+        if pending > 0 {
+            format!(" and {pending} deletions")
         } else {
             String::new()
         }

@@ -13,6 +13,24 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Deletions rsync counted but did not do (`--max-delete` limit).
     pub deletes_skipped: u64,
+    /// Lines of `--itemize-changes` output (changes, or with `--dry-run`
+    /// changes that would be made).
+    #[serde(default)]
+    pub itemized: u64,
+}
+
+/// Whether `line` is one of rsync's `--itemize-changes` lines:
+/// `YXcstpoguax NAME` or `*deleting NAME`.
+fn is_itemized(line: &str) -> bool {
+    if line.starts_with("*deleting ") {
+        return true;
+    }
+    let b = line.as_bytes();
+    b.len() > 12
+        && b"<>ch.*".contains(&b[0])
+        && b"fdLDS".contains(&b[1])
+        && b[2..11].iter().all(|c| b".+?cstpoguaxn ".contains(c))
+        && b[11] == b' '
 }
 
 fn number(line: &str, label: &str) -> Option<u64> {
@@ -28,6 +46,10 @@ fn number(line: &str, label: &str) -> Option<u64> {
 impl Stats {
     /// Feeds one line of rsync's stdout or stderr.
     pub fn feed(&mut self, line: &str) {
+        if is_itemized(line) {
+            self.itemized += 1;
+            return;
+        }
         let line = line.trim();
         if let Some(n) = number(line, "Number of files:") {
             self.files_total = n;
@@ -118,7 +140,25 @@ Deletions stopped due to --max-delete limit (7 skipped)
                 bytes_received: 67_200_000,
                 bytes_sent: 1024,
                 deletes_skipped: 7,
+                itemized: 0,
             }
         );
+    }
+
+    #[test]
+    fn itemized_changes_are_counted_and_stats_lines_are_not() {
+        let mut s = Stats::default();
+        for l in [
+            ">f+++++++++ release-2/SHA256SUMS",
+            "cL+++++++++ current -> release-2",
+            ".d..t...... release-2/",
+            "*deleting   old.sign",
+            "Number of files: 3 (reg: 2, dir: 1)",
+            "sent 94 bytes  received 20 bytes  228.00 bytes/sec",
+        ] {
+            s.feed(l);
+        }
+        assert_eq!(s.itemized, 4);
+        assert_eq!(s.files_total, 3);
     }
 }

@@ -36,9 +36,15 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDo
     let t = now();
     let mut mirrors = Vec::new();
     for name in names {
-        let loaded = MirrorState::load(sd, name)?;
+        let mut loaded = MirrorState::load(sd, name)?;
+        let mut usage = crate::locks::usage(&sd.lock_path(name));
+        if loaded.state.running.is_some() && !usage.held {
+            // The run may have ended between reading the state and looking
+            // at the lock: read again before calling it stale.
+            loaded = MirrorState::load(sd, name)?;
+            usage = crate::locks::usage(&sd.lock_path(name));
+        }
         let st = loaded.state;
-        let usage = crate::locks::usage(&sd.lock_path(name));
         let state = match (&st.running, usage.held) {
             (Some(_), true) => "running",
             (Some(_), false) => "stale",

@@ -542,3 +542,54 @@ fn a_lock_file_that_is_a_symlink_or_owned_by_someone_else_is_refused() {
         );
     }
 }
+
+/// The race the two stages must survive: upstream publishes a new image
+/// and its checksums after stage 1 has looked. The checksums may only be
+/// published together with the image they name.
+#[test]
+fn files_that_appear_upstream_between_the_stages_are_published_with_their_checksums() {
+    let f = Fixture::new("");
+    f.put("a.iso", b"a");
+    f.put("SHA256SUMS", b"0  a.iso\n");
+    assert!(f.sync().status.success());
+    // A wrapper around rsync that, after stage 1 (the first run of rsync
+    // without --dry-run), adds a new image and new checksums upstream.
+    let wrapper = f.dir.path().join("rsync-wrapper");
+    let marker = f.dir.path().join("stage1-done");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n/usr/bin/rsync \"$@\"\nrc=$?\ncase \" $* \" in *' --max-delete=0 '*) if [ ! -e {m} ]; then touch {m}; printf new > {up}/b.iso; printf '0  a.iso\\n0  b.iso\\n' > {up}/SHA256SUMS; touch -d '2001-01-01' {up}/SHA256SUMS; fi;; esac\nexit $rc\n",
+            m = marker.display(),
+            up = f.upstream.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(
+        &f.config,
+        format!("rsync = \"{}\"\n{cfg}", wrapper.display()),
+    )
+    .unwrap();
+
+    let out = f.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        marker.exists(),
+        "the wrapper changed upstream after stage 1"
+    );
+    assert_eq!(
+        std::fs::read(f.dest_path("SHA256SUMS")).unwrap(),
+        b"0  a.iso\n0  b.iso\n"
+    );
+    assert_eq!(
+        std::fs::read(f.dest_path("b.iso")).unwrap(),
+        b"new",
+        "the checksums name b.iso, so it must be there"
+    );
+}
