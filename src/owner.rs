@@ -476,8 +476,11 @@ fn transfer_locked(
 
     // Stage 2 runs in full whenever anything among the last files changed
     // or anything is to be deleted: files that changed upstream after stage
-    // 1 then land together with the checksum files that name them.
-    let full = if pending > 0 {
+    // 1 then land together with the checksum files that name them. When
+    // stage 1 itself brought new files, new checksums almost always follow,
+    // so the probe is skipped and stage 2 runs in full (always safe).
+    let stage1_changed = report.stage1.files_transferred + report.stage1.files_created > 0;
+    let full = if pending > 0 || stage1_changed {
         true
     } else {
         let probe = run_rsync(&argv::rsync_probe(cfg, m), &home, lock, cut)?;
