@@ -7,7 +7,7 @@
 #
 # Environment:
 #   BENCH_DIR            work dir (cached upstream tree, dests, logs);
-#                        default /tmp/syncgate-bench. Needs ~10 GB free: every
+#                        default /tmp/syncgate-bench. Needs ~15 GB free: every
 #                        first-sync run gets its own never-used dest (see below).
 #   BENCH_RUNS           timed rounds for the first-sync comparison (>= 3, default 5)
 #   BENCH_NOOP_RUNS      timed rounds for the no-change comparison (>= 3, default 11)
@@ -30,6 +30,13 @@
 #   50,000 files right after deleting 50,000 makes inode allocation scan
 #   and dominate the run (3 s vs 30 s for the same rsync -a).
 # - Everything runs as the current user (privilege = "direct"), no sudo.
+# - What `syncgate sync` runs (src/owner.rs, transfer_locked): stage 1 rsync
+#   (all but the last files, deletions only counted), a dry-run probe over
+#   the last files, stage 2 = a full rsync pass only when the probe itemized
+#   something or stage 1 counted pending deletions, then fix-perms. So a
+#   no-change sync is stage 1 + probe + fix-perms, and a first sync is
+#   stage 1 + probe + full stage 2 + fix-perms. The breakdowns time each of
+#   these alone, with argvs rebuilt here and checked against strace.
 #
 # Exit status: 0 when everything could be measured, whether or not the
 # targets were met (misses are printed as MISS); non-zero only when something
@@ -54,8 +61,9 @@ BIG_MIB=64
 GEN_ID="v1 dirs=$N_DIRS files=$N_FILES big=${N_BIG}x${BIG_MIB}MiB"
 
 # Mirrors the defaults of src/config.rs (file_mode, dir_mode, io_timeout,
-# max_delete, last) and src/argv.rs (TEMP_DIR); the rebuilt argvs are
-# checked against what syncgate really executes (strace), see check_argv.
+# max_delete, last) and src/argv.rs (TEMP_DIR, relative: rsync resolves it
+# against dest); the rebuilt argvs are checked against what syncgate really
+# executes (strace), see "the exact rsync argvs" below.
 FILE_MODE=0640
 DIR_MODE=2750
 IO_TIMEOUT=600
@@ -249,18 +257,20 @@ SG=$(q "$bin")
 SG_SYNC="$SG --config $(q "$CFG") sync bench 2>>$(q "$SG_LOG")"
 RS_COPY="$(q "$RSYNC") -a $(q "$UP/") $(q "$D_RS/") 2>>$(q "$RS_LOG")"
 
-# The rsync argvs of `syncgate transfer` (src/argv.rs), for a given dest.
-stage_argvs() { # stage_argvs DEST: sets STAGE1 and STAGE2 (stage 2 not full)
+# The rsync argvs of `syncgate transfer` (src/argv.rs: rsync_stage1,
+# rsync_probe, rsync_stage2), for a given dest.
+stage_argvs() { # stage_argvs DEST: sets STAGE1, PROBE and STAGE2 (full)
   local dest=$1 l
   local common=("$RSYNC" -rlpt --safe-links --no-human-readable --stats
     "--chmod=D$DIR_MODE,F$FILE_MODE" --group "--groupmap=*:$GROUP"
-    "--timeout=$IO_TIMEOUT" "--temp-dir=$dest/$TEMP_DIR" "--exclude=/$TEMP_DIR/")
+    "--timeout=$IO_TIMEOUT" "--temp-dir=$TEMP_DIR" "--exclude=/$TEMP_DIR/")
   STAGE1=("${common[@]}" --delete --max-delete=0)
   for l in "${LAST[@]}"; do STAGE1+=("--exclude=$l"); done
   STAGE1+=("$UP/" "$dest/")
-  STAGE2=("${common[@]}" --delay-updates --delete-delay "--max-delete=$MAX_DELETE" '--include=*/')
-  for l in "${LAST[@]}"; do STAGE2+=("--include=$l"); done
-  STAGE2+=('--exclude=*' "$UP/" "$dest/")
+  PROBE=("${common[@]}" --dry-run --itemize-changes --delete '--include=*/')
+  for l in "${LAST[@]}"; do PROBE+=("--include=$l"); done
+  PROBE+=('--exclude=*' "$UP/" "$dest/")
+  STAGE2=("${common[@]}" --delay-updates --delete-delay "--max-delete=$MAX_DELETE" "$UP/" "$dest/")
 }
 qargv() { # a shell-quoted command line
   local a out=()
@@ -338,6 +348,18 @@ verify_tree() { # verify_tree DEST: same files as upstream, checksums good
 say "warming the page cache with the upstream tree"
 find "$UP" -type f -print0 | xargs -0 cat >/dev/null
 
+# stage2_decisions FROM_LINE: how the runs logged to $SG_LOG after line
+# FROM_LINE decided about stage 2 (src/owner.rs progress lines), "F full, S skipped"
+S2_FULL_MSG='stage 2: everything'
+S2_SKIP_MSG='stage 2: no checksum file or marker changed upstream'
+stage2_decisions() {
+  local from=$1 full skip
+  full=$(tail -n "+$((from + 1))" "$SG_LOG" | grep -cF "$S2_FULL_MSG" || true)
+  skip=$(tail -n "+$((from + 1))" "$SG_LOG" | grep -cF "$S2_SKIP_MSG" || true)
+  printf '%s full, %s skipped' "$full" "$skip"
+}
+log_lines() { wc -l <"$SG_LOG"; }
+
 # ---- 1. first sync into an empty dest -------------------------------------------
 wait_inodes_settled
 mkdir -p "$FIRST"
@@ -349,7 +371,9 @@ CMD[first_rsync]="$(q "$RSYNC") -a $(q "$UP/") $(q "$FIRST")/rs-@i@/ 2>>$(q "$RS
 PREP[first_rsync]=sync
 CMD[first_syncgate]="$SG --config $(q "$FIRST")/sg-@i@.toml sync bench 2>>$(q "$SG_LOG")"
 PREP[first_syncgate]=sync
+from=$(log_lines)
 bench_loop "$RUNS" first_rsync first_syncgate
+S2_FIRST=$(stage2_decisions "$from")
 for ((r = 0; r <= RUNS; r++)); do
   [[ $(last_result bench "$FIRST/state-$r") == success ]] ||
     die "first sync #$r did not record a success (see $SG_LOG)"
@@ -368,7 +392,9 @@ verify_tree "$D_SG"
 say "no-change resync: $NOOP_RUNS rounds (+1 warmup), interleaved"
 CMD[noop_rsync]=$RS_COPY
 CMD[noop_syncgate]=$SG_SYNC
+from=$(log_lines)
 bench_loop "$NOOP_RUNS" noop_rsync noop_syncgate
+S2_NOOP=$(stage2_decisions "$from")
 [[ $(last_result bench) == success ]] || die "the last no-change run did not succeed (see $SG_LOG)"
 
 # ---- 3. gate overhead for a no-op -----------------------------------------------
@@ -482,24 +508,53 @@ B_LAUNCH_SPAN=$(us2s "$((LAUNCHED_US - I_S))")
 say "burst: runs used $B_RUNS ($B_SERVED); exit codes: $B_CODES"
 
 # ---- the exact rsync argvs syncgate runs ----------------------------------------
+# Two `syncgate sync bench` runs under strace (execve only): one with nothing
+# changed (expected: stage 1, probe, no stage 2) and one after a last file
+# (release.json) got an old mtime in dest (expected: stage 1, probe, full
+# stage 2). Each exec is labelled by comparing it with the rebuilt argvs.
 stage_argvs "$D_SG"
 strace_form() { # the argv as strace prints it: "a", "b", ...
   local out
   out=$(printf '"%s", ' "$@")
   printf '%s' "${out%, }"
 }
+traced_sequence() { # traced_sequence TAG: the labelled execs of one sync
+  local out=$LOGS/strace-execve-$1.txt line args seq=()
+  local e1 ep e2
+  e1=$(strace_form "${STAGE1[@]}")
+  ep=$(strace_form "${PROBE[@]}")
+  e2=$(strace_form "${STAGE2[@]}")
+  strace -f -qq -s 4096 -e trace=execve -o "$out" \
+    "$bin" --config "$CFG" sync bench 2>>"$SG_LOG" >/dev/null || die "sync under strace"
+  while IFS= read -r line; do
+    args=$(sed 's/^.*execve("[^"]*", \[\(.*\)\], 0x.*$/\1/' <<<"$line")
+    case $args in
+      "$e1") seq+=("stage 1") ;;
+      "$ep") seq+=(probe) ;;
+      "$e2") seq+=("stage 2") ;;
+      "\"$RSYNC\""*) seq+=("OTHER-RSYNC") ;;
+      *'"sync", "bench"') seq+=(sync) ;;
+      *'"transfer", "bench"') seq+=(transfer) ;;
+      *'"fix-perms", "bench"') seq+=(fix-perms) ;;
+      *) seq+=("OTHER") ;;
+    esac
+  done < <(grep -E 'execve\("[^"]*", \[' "$out")
+  local IFS='>'
+  printf '%s' "${seq[*]}" | sed 's/>/ → /g'
+}
 ARGV_CHECK="not checked (no strace)"
 if ((STRACE)); then
-  strace -f -qq -s 4096 -e trace=execve -o "$LOGS/strace-execve.txt" \
-    "$bin" --config "$CFG" sync bench 2>>"$SG_LOG" >/dev/null || die "sync under strace"
-  mapfile -t seen < <(grep -F "execve(\"$RSYNC\"" "$LOGS/strace-execve.txt" |
-    sed 's/^.*execve("[^"]*", \[\(.*\)\], 0x.*$/\1/')
-  if ((${#seen[@]} == 2)) && [[ ${seen[0]} == "$(strace_form "${STAGE1[@]}")" &&
-    ${seen[1]} == "$(strace_form "${STAGE2[@]}")" ]]; then
-    ARGV_CHECK="identical to what syncgate executed (strace)"
+  want_noop="sync → transfer → stage 1 → probe → fix-perms"
+  want_last="sync → transfer → stage 1 → probe → stage 2 → fix-perms"
+  seq_noop=$(traced_sequence noop)
+  touch -d @1000000000 "$D_SG/release.json"
+  seq_last=$(traced_sequence last)
+  verify_tree "$D_SG"
+  if [[ $seq_noop == "$want_noop" && $seq_last == "$want_last" ]]; then
+    ARGV_CHECK="identical to what syncgate executed (strace: no change = $seq_noop; a last file changed = $seq_last)"
   else
-    ARGV_CHECK="MISMATCH with what syncgate executed: see $LOGS/strace-execve.txt"
-    say "warning: the rebuilt rsync argvs differ from what syncgate ran"
+    ARGV_CHECK="MISMATCH with what syncgate executed (no change: $seq_noop; a last file changed: $seq_last; see $LOGS/strace-execve-*.txt)"
+    say "warning: the rebuilt rsync argvs differ from what syncgate ran: $seq_noop / $seq_last"
   fi
 fi
 
@@ -540,99 +595,131 @@ row() { # row LABEL NAME [REFERENCE_NAME]
   PROF+=("| $1 | $(fmt_s "${WALL[$2]}") | ${CPU[$2]} s | $(awk -v a="${WALL[$2]}" -v b="${WALL[$ref]}" 'BEGIN { printf "%.0f%%", 100 * a / b }') | ${STATS[$2]:-} |")
 }
 declare -A STATS
+sum_of() { # sum_of NAME...: sum of the WALL (or CPU with CPU=1) medians
+  local n t=0
+  for n in "$@"; do
+    if [[ ${SUM_CPU:-0} == 1 ]]; then t=$(awk -v a="$t" -v b="${CPU[$n]}" 'BEGIN { printf "%.3f", a + b }')
+    else t=$(awk -v a="$t" -v b="${WALL[$n]}" 'BEGIN { printf "%.4f", a + b }'); fi
+  done
+  printf '%s\n' "$t"
+}
+derive() { # derive NAME A MINUS...: WALL/CPU[NAME] = A − sum(MINUS)
+  local name=$1 a=$2
+  shift 2
+  WALL[$name]=$(awk -v a="${WALL[$a]}" -v b="$(sum_of "$@")" 'BEGIN { printf "%.4f\n", a - b }')
+  CPU[$name]=$(awk -v a="${CPU[$a]}" -v b="$(SUM_CPU=1 sum_of "$@")" 'BEGIN { printf "%.3f\n", a - b }')
+}
+sum_to() { # sum_to NAME PART...: WALL/CPU[NAME] = sum(PART)
+  local name=$1
+  shift
+  WALL[$name]=$(sum_of "$@")
+  CPU[$name]=$(SUM_CPU=1 sum_of "$@")
+}
 if ((prof_noop)); then
   say "breakdown of the no-change resync: $NOOP_RUNS rounds (+1 warmup), interleaved"
+  stage_argvs "$D_SG"
   S1=$(qargv "${STAGE1[@]}")
+  SP=$(qargv "${PROBE[@]}")
   S2=$(qargv "${STAGE2[@]}")
   S1_NODEL=$(without --delete "${STAGE1[@]}")
-  S2_NODEL=$(without --delete-delay "${STAGE2[@]}")
-  # stage 2 that descends only one level (last files at depth <= 1)
-  shallow=()
-  for a in "${STAGE2[@]}"; do
-    [[ $a == '--include=*/' ]] && a='--include=/*/'
-    shallow+=("$a")
-  done
-  S2_SHALLOW=$(qargv "${shallow[@]}")
+  FP="$SG --config $(q "$CFG") fix-perms bench"
   CMD[p_sync]=$SG_SYNC
   CMD[p_rsync]=$RS_COPY
   CMD[p_transfer]="$SG --config $(q "$CFG") transfer bench </dev/null >/dev/null 2>>$(q "$SG_LOG")"
-  CMD[p_fixperms]="$SG --config $(q "$CFG") fix-perms bench </dev/null >/dev/null 2>>$(q "$SG_LOG")"
+  CMD[p_fixperms]="$FP </dev/null >/dev/null 2>>$(q "$SG_LOG")"
   CMD[p_stage1]="$S1 >/dev/null 2>>$(q "$RS_LOG")"
+  CMD[p_probe]="$SP >/dev/null 2>>$(q "$RS_LOG")"
   CMD[p_stage2]="$S2 >/dev/null 2>>$(q "$RS_LOG")"
   CMD[p_stage1_nodel]="$S1_NODEL >/dev/null 2>>$(q "$RS_LOG")"
-  CMD[p_stage2_nodel]="$S2_NODEL >/dev/null 2>>$(q "$RS_LOG")"
-  CMD[p_stage2_shallow]="$S2_SHALLOW >/dev/null 2>>$(q "$RS_LOG")"
   CMD[p_walk]="find $(q "$D_SG") -printf '%m %U %G\\n' >/dev/null"
-  CMD[p_walk_names]="find $(q "$D_SG") -printf '%m %u %g\\n' >/dev/null"
-  bench_loop "$NOOP_RUNS" p_sync p_rsync p_transfer p_fixperms p_stage1 p_stage2 \
-    p_stage1_nodel p_stage2_nodel p_stage2_shallow p_walk p_walk_names
+  # transfer creates DEST/.syncgate-tmp and removes it when it is done; the
+  # rsyncs run alone need it (rsync refuses a missing --temp-dir), the
+  # walks should not see it
+  mk_tmp="mkdir -p -m 700 $(q "$D_SG/$TEMP_DIR")"
+  rm_tmp="rmdir $(q "$D_SG/$TEMP_DIR") 2>/dev/null || true"
+  for n in p_stage1 p_probe p_stage2 p_stage1_nodel; do PREP[$n]=$mk_tmp; done
+  for n in p_fixperms p_walk; do PREP[$n]=$rm_tmp; done
+  bench_loop "$NOOP_RUNS" p_sync p_rsync p_transfer p_fixperms p_stage1 p_probe p_stage2 \
+    p_stage1_nodel p_walk
   say "counting stat calls (strace -c)"
   STATS[p_rsync]=$(stats_count "$RS_COPY")
+  bash -c "$mk_tmp"
   STATS[p_stage1]=$(stats_count "$S1")
+  STATS[p_probe]=$(stats_count "$SP")
   STATS[p_stage2]=$(stats_count "$S2")
   STATS[p_stage1_nodel]=$(stats_count "$S1_NODEL")
-  STATS[p_stage2_nodel]=$(stats_count "$S2_NODEL")
-  STATS[p_stage2_shallow]=$(stats_count "$S2_SHALLOW")
+  bash -c "$rm_tmp"
+  STATS[p_fixperms]=$(stats_count "$FP")
   STATS[p_walk]=$(stats_count "find $(q "$D_SG") -printf '%m %U %G\\n'")
-  WALL[p_gate]=$(awk -v s="${WALL[p_sync]}" -v t="${WALL[p_transfer]}" -v f="${WALL[p_fixperms]}" 'BEGIN { printf "%.4f\n", s - t - f }')
-  CPU[p_gate]=$(awk -v s="${CPU[p_sync]}" -v t="${CPU[p_transfer]}" -v f="${CPU[p_fixperms]}" 'BEGIN { printf "%.3f\n", s - t - f }')
-  WALL[p_tr_own]=$(awk -v t="${WALL[p_transfer]}" -v a="${WALL[p_stage1]}" -v b="${WALL[p_stage2]}" 'BEGIN { printf "%.4f\n", t - a - b }')
-  CPU[p_tr_own]=$(awk -v t="${CPU[p_transfer]}" -v a="${CPU[p_stage1]}" -v b="${CPU[p_stage2]}" 'BEGIN { printf "%.3f\n", t - a - b }')
+  derive p_gate p_sync p_transfer p_fixperms
+  derive p_tr_own p_transfer p_stage1 p_probe
+  sum_to p_parts p_stage1 p_probe p_fixperms
   PROF+=("| no-change resync | wall (median) | cpu | share of \`syncgate sync\` | stat calls |")
   PROF+=("|---|---|---|---|---|")
-  row "\`syncgate sync\` (same rounds as below)" p_sync p_sync
+  row "\`syncgate sync\` (same rounds as below; stage 2 skipped: $S2_NOOP in the comparison above)" p_sync p_sync
   row "↳ \`syncgate transfer\` (owner side)" p_transfer p_sync
-  row "&nbsp;&nbsp;↳ stage 1 rsync: full compare + \`--delete --max-delete=0\`" p_stage1 p_sync
-  row "&nbsp;&nbsp;↳ stage 2 rsync: last files only, but walks the whole source, + \`--delete-delay\` scan of dest" p_stage2 p_sync
-  row "&nbsp;&nbsp;↳ transfer's own overhead (transfer − stage 1 − stage 2)" p_tr_own p_sync
-  row "↳ \`syncgate fix-perms\` (**do-nothing stand-in in main**)" p_fixperms p_sync
+  row "&nbsp;&nbsp;↳ stage 1 rsync: full compare, \`--delete --max-delete=0\`" p_stage1 p_sync
+  row "&nbsp;&nbsp;↳ probe rsync: \`--dry-run --itemize-changes --delete --include=*/ --include=LAST… --exclude=*\`" p_probe p_sync
+  row "&nbsp;&nbsp;↳ transfer's own overhead (transfer − stage 1 − probe)" p_tr_own p_sync
+  row "↳ \`syncgate fix-perms\` (walker: lstat per entry, repairs nothing here)" p_fixperms p_sync
   row "↳ gate (sync − transfer − fix-perms: config, queue lock, state, 2 spawns)" p_gate p_sync
+  row "stage 1 + probe + fix-perms, run alone" p_parts p_sync
   row "plain \`rsync -a\` (reference)" p_rsync p_sync
+  row "not in a no-change sync: full stage 2 on the up-to-date tree (added when a last file changed)" p_stage2 p_sync
   row "what-if: stage 1 without \`--delete\`" p_stage1_nodel p_sync
-  row "what-if: stage 2 without \`--delete-delay\`" p_stage2_nodel p_sync
-  row "what-if: stage 2 with \`--include=/*/\` instead of \`--include=*/\` (last files at depth ≤ 1 only)" p_stage2_shallow p_sync
-  row "proxy for a real fix-perms walker: \`find DEST -printf '%m %U %G'\` (one lstat walk)" p_walk p_sync
-  row "same with names: \`find DEST -printf '%m %u %g'\` (getpwuid/getgrgid per entry)" p_walk_names p_sync
+  row "reference: one lstat walk, \`find DEST -printf '%m %U %G'\`" p_walk p_sync
 fi
 if ((prof_first)); then
   say "breakdown of the first sync: $RUNS rounds (+1 warmup), interleaved"
   for ((r = 0; r <= RUNS; r++)); do
-    for v in st st-rel rs-tmp; do
+    # syncgate transfer creates DEST/.syncgate-tmp (0700); the rsyncs run
+    # alone here need it to exist
+    for v in st rs-tmp; do
       mkdir -p "$FIRST/$v-$r/$TEMP_DIR"
       chmod 700 "$FIRST/$v-$r/$TEMP_DIR"
     done
+    write_config "$FIRST/st-$r.toml" "$FIRST/st-state-$r" "$FIRST/st-$r"
+    write_config "$FIRST/sg2-$r.toml" "$FIRST/sg2-state-$r" "$FIRST/sg2-$r"
   done
   stage_argvs "$FIRST/st-@i@"
+  at() { local c; c=$(qargv "$@"); printf '%s' "${c//\\@i\\@/@i@}"; } # keep @i@ unquoted
+  # Each round: plain rsync -a and a whole syncgate sync into never-used
+  # dests, then stage 1, probe, full stage 2 and fix-perms one after the
+  # other into one more, as transfer_locked runs them (no sync in between).
   CMD[pf_rsync]="$(q "$RSYNC") -a $(q "$UP/") $(q "$FIRST")/rs2-@i@/ 2>>$(q "$RS_LOG")"
   PREP[pf_rsync]=sync
-  CMD[pf_stage1]="$(qargv "${STAGE1[@]}") >/dev/null 2>>$(q "$RS_LOG")"
-  CMD[pf_stage1]=${CMD[pf_stage1]//\\@i\\@/@i@}
+  CMD[pf_sync]="$SG --config $(q "$FIRST")/sg2-@i@.toml sync bench 2>>$(q "$SG_LOG")"
+  PREP[pf_sync]=sync
+  CMD[pf_stage1]="$(at "${STAGE1[@]}") >/dev/null 2>>$(q "$RS_LOG")"
   PREP[pf_stage1]=sync
-  CMD[pf_stage2]="$(qargv "${STAGE2[@]}") >/dev/null 2>>$(q "$RS_LOG")"
-  CMD[pf_stage2]=${CMD[pf_stage2]//\\@i\\@/@i@}
-  PREP[pf_stage2]=sync
-  # what-ifs: the same stage 1 with a relative --temp-dir (rsync takes it
-  # relative to the destination), and plain rsync -a with syncgate's absolute one
-  stage_argvs "$FIRST/st-rel-@i@"
-  rel=()
-  for a in "${STAGE1[@]}"; do
-    [[ $a == --temp-dir=* ]] && a="--temp-dir=$TEMP_DIR"
-    rel+=("$a")
-  done
-  CMD[pf_stage1_rel]="$(qargv "${rel[@]}") >/dev/null 2>>$(q "$RS_LOG")"
-  CMD[pf_stage1_rel]=${CMD[pf_stage1_rel]//\\@i\\@/@i@}
-  PREP[pf_stage1_rel]=sync
-  CMD[pf_rsync_tmp]="$(q "$RSYNC") -a --temp-dir=$(q "$FIRST")/rs-tmp-@i@/$TEMP_DIR $(q "$UP/") $(q "$FIRST")/rs-tmp-@i@/ 2>>$(q "$RS_LOG")"
+  CMD[pf_probe]="$(at "${PROBE[@]}") >$(q "$LOGS")/first-probe-@i@.txt 2>>$(q "$RS_LOG")"
+  CMD[pf_stage2]="$(at "${STAGE2[@]}") >/dev/null 2>>$(q "$RS_LOG")"
+  CMD[pf_fixperms]="$SG --config $(q "$FIRST")/st-@i@.toml fix-perms bench </dev/null >/dev/null 2>>$(q "$SG_LOG")"
+  PREP[pf_fixperms]="rmdir $(q "$FIRST")/st-@i@/$TEMP_DIR" # as transfer does before it exits
+  # what-if: plain rsync -a with syncgate's (relative) temp dir
+  CMD[pf_rsync_tmp]="$(q "$RSYNC") -a --temp-dir=$TEMP_DIR $(q "$UP/") $(q "$FIRST")/rs-tmp-@i@/ 2>>$(q "$RS_LOG")"
   PREP[pf_rsync_tmp]=sync
-  bench_loop "$RUNS" pf_rsync pf_stage1 pf_stage2 pf_stage1_rel pf_rsync_tmp
+  from=$(log_lines)
+  bench_loop "$RUNS" pf_rsync pf_sync pf_stage1 pf_probe pf_stage2 pf_fixperms pf_rsync_tmp
+  S2_PF=$(stage2_decisions "$from")
+  [[ $(grep -c '^[<>*c.]' "$LOGS/first-probe-$RUNS.txt" || true) -gt 0 ]] ||
+    die "the probe itemized nothing after a first stage 1 (see $LOGS/first-probe-$RUNS.txt)"
+  verify_tree "$FIRST/st-$RUNS"
+  verify_tree "$FIRST/sg2-$RUNS"
+  sum_to pf_parts pf_stage1 pf_probe pf_stage2 pf_fixperms
+  derive pf_gate pf_sync pf_stage1 pf_probe pf_stage2 pf_fixperms
   PROF+=("")
   PROF+=("| first sync into an empty dest | wall (median) | cpu | vs plain \`rsync -a\` | |")
   PROF+=("|---|---|---|---|---|")
   row "plain \`rsync -a\` (same rounds as below)" pf_rsync pf_rsync
-  row "stage 1 rsync alone (everything but the last files)" pf_stage1 pf_rsync
-  row "stage 2 rsync alone, right after (the last files; walks the whole source)" pf_stage2 pf_rsync
-  row "what-if: stage 1 with a relative \`--temp-dir=$TEMP_DIR\`" pf_stage1_rel pf_rsync
-  row "what-if: plain \`rsync -a\` + syncgate's absolute \`--temp-dir=DEST/$TEMP_DIR\`" pf_rsync_tmp pf_rsync
+  row "\`syncgate sync\` (stage 2: $S2_PF)" pf_sync pf_rsync
+  row "↳ stage 1 rsync alone (everything but the last files)" pf_stage1 pf_rsync
+  row "↳ probe rsync, right after (itemizes the last files)" pf_probe pf_rsync
+  row "↳ full stage 2 rsync, right after (copies the last files; compares the whole tree again)" pf_stage2 pf_rsync
+  row "↳ \`syncgate fix-perms\`, right after (walks the new tree)" pf_fixperms pf_rsync
+  row "↳ gate + transfer overhead (sync − the four above)" pf_gate pf_rsync
+  row "stage 1 + probe + stage 2 + fix-perms, run alone" pf_parts pf_rsync
+  row "what-if: plain \`rsync -a --temp-dir=$TEMP_DIR\`" pf_rsync_tmp pf_rsync
 fi
 
 # ---- table ----------------------------------------------------------------------
@@ -645,8 +732,8 @@ cat <<EOF
 - $(uname -sr), $(nproc) CPUs, load average $LOAD_START at start, $LOAD_END at end; $("$RSYNC" --version | head -n1 | sed 's/  */ /g')
 - timing: compared commands interleaved round by round, 1 warmup round, median of the rest (cpu = user+sys of the whole process tree); page cache warm; \`sync\` before every first-sync run, each into a never-used dir$(if ((HYPERFINE)); then echo "; no-op gate commands: $(hyperfine --version), 50 runs"; fi)
 - plain rsync: \`rsync -a SRC/ DST/\` (-rlptgoD)
-- syncgate: \`syncgate --config CFG sync bench\`, privilege = "direct" = gate + \`transfer\` (stage 1: \`-rlpt --safe-links --no-human-readable --stats --chmod=D$DIR_MODE,F$FILE_MODE --group --groupmap=*:$GROUP --timeout=$IO_TIMEOUT --temp-dir=DEST/$TEMP_DIR --exclude=/$TEMP_DIR/ --delete --max-delete=0 --exclude=LAST...\`; stage 2: the same common flags + \`--delay-updates --delete-delay --max-delete=$MAX_DELETE --include=*/ --include=LAST... --exclude=*\`) + \`fix-perms\`; rebuilt stage argvs: $ARGV_CHECK
-- **fix-perms in main is a do-nothing stand-in** (src/fixperms.rs): a real walker's cost is not in these numbers
+- syncgate: \`syncgate --config CFG sync bench\`, privilege = "direct" = gate + \`transfer\` + \`fix-perms\`. transfer = stage 1 (common flags \`-rlpt --safe-links --no-human-readable --stats --chmod=D$DIR_MODE,F$FILE_MODE --group --groupmap=*:$GROUP --timeout=$IO_TIMEOUT --temp-dir=$TEMP_DIR --exclude=/$TEMP_DIR/\` + \`--delete --max-delete=0 --exclude=LAST...\`), then the probe (common + \`--dry-run --itemize-changes --delete --include=*/ --include=LAST... --exclude=*\`), then, only if the probe itemized something or stage 1 counted deletions, a full stage 2 (common + \`--delay-updates --delete-delay --max-delete=$MAX_DELETE\`). Stage 2 in the timed runs: first sync $S2_FIRST; no-change $S2_NOOP. Rebuilt argvs: $ARGV_CHECK
+- fix-perms: the walker of src/fixperms.rs (numeric ids, *at calls); it repairs nothing in these runs, since rsync already set modes and group
 
 | measurement | plain rsync | syncgate | ratio / value | target | result |
 |---|---|---|---|---|---|
@@ -655,7 +742,7 @@ cat <<EOF
 | burst: sync runs for 1 in-flight + $BURST_N requests | | runs #$((B_BEFORE + 1))..#$B_AFTER: $B_SERVED; served total $B_SERVED_SUM | $B_RUNS runs | ≤ 2 | $V_RUNS |
 | burst: exit codes ($((BURST_N + 1)) processes) | | $B_CODES | $B_BAD non-zero | all 0 | $V_CODES |
 | burst: last caller's latency (launch → exit) | | in-flight run still ran $(fmt_s "$B_WAIT_INFLIGHT") after its launch, then $(fmt_s "$B_AFTER_INFLIGHT") | $(fmt_s "$B_LAST_LAT") (max of $BURST_N: $(fmt_s "$B_MAX_LAT")) | ≈ rest of in-flight run + one sync | info |
-| burst: duration of one sync | | in-flight run (2 × 64 MiB at $BURST_BWLIMIT KiB/s): $(fmt_s "$B_INIT_DUR"); no-change sync of this mirror: $(fmt_s "${WALL[burst_noop]}") | | | info |
+| burst: duration of one sync | | in-flight run (2 × $BIG_MIB MiB at $BURST_BWLIMIT KiB/s): $(fmt_s "$B_INIT_DUR"); no-change sync of this mirror: $(fmt_s "${WALL[burst_noop]}") | | | info |
 | burst: all $BURST_N launched while the first run was in flight | | last launched $(fmt_s "$B_LAUNCH_SPAN") after it started; callers per run: $B_BY_RUN | $INFLIGHT | yes | info |
 | \`syncgate status\` (median of 50) | | $(fmt_ms "${OP[status]}") | peak RSS $RSS_STATUS KiB | | info |
 | \`syncgate status --json\` (median of 50) | | $(fmt_ms "${OP[status_json]}") | peak RSS $RSS_JSON KiB | | info |
