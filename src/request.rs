@@ -154,6 +154,21 @@ pub enum Request {
 }
 
 impl Request {
+    /// The mirror names this request carries (the only client bytes that
+    /// can ever reach an argv, and only after matching the config).
+    pub fn names(&self) -> Vec<&Name> {
+        match self {
+            Request::Sync {
+                target: Target::Named(n),
+                ..
+            } => vec![n],
+            Request::Status {
+                mirror: Some(n), ..
+            } => vec![n],
+            _ => vec![],
+        }
+    }
+
     /// The canonical spelling of this request: single spaces, no quotes,
     /// `--json` last. For every request returned by [`parse`],
     /// `parse(Some(r.canonical().as_bytes())) == Ok(r)`.
@@ -1016,19 +1031,6 @@ pub(crate) mod tests {
         })
     }
 
-    fn names_in(req: &Request) -> Vec<&Name> {
-        match req {
-            Request::Sync {
-                target: Target::Named(n),
-                ..
-            } => vec![n],
-            Request::Status {
-                mirror: Some(n), ..
-            } => vec![n],
-            _ => vec![],
-        }
-    }
-
     /// The properties every accepted input must have: (b) canonical
     /// round-trip, (c) only grammar bytes and only valid names.
     fn check_accepted(raw: &[u8], req: &Request) -> Result<(), TestCaseError> {
@@ -1040,7 +1042,7 @@ pub(crate) mod tests {
             "accepted {:?}",
             escape_for_log(raw, 400)
         );
-        for n in names_in(req) {
+        for n in req.names() {
             prop_assert!(Name::is_valid(n.as_str()));
         }
         Ok(())

@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use syncgate::request::{parse, Name, Request, Target, MAX_COMMAND_LEN};
+use syncgate::request::{parse, Name, MAX_COMMAND_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let first = parse(Some(data));
@@ -27,16 +27,7 @@ fuzz_target!(|data: &[u8]| {
                 canon,
                 "canonical form is not a fixed point"
             );
-            let names: Vec<&Name> = match &req {
-                Request::Sync {
-                    target: Target::Named(n),
-                    ..
-                } => vec![n],
-                Request::Status {
-                    mirror: Some(n), ..
-                } => vec![n],
-                _ => vec![],
-            };
+            let names = req.names();
             for n in names {
                 assert!(Name::is_valid(n.as_str()), "invalid name {n:?} accepted");
             }

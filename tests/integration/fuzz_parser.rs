@@ -81,19 +81,6 @@ fn reference(text: &str) -> Option<Request> {
     }
 }
 
-fn names_in(req: &Request) -> Vec<&Name> {
-    match req {
-        Request::Sync {
-            target: Target::Named(n),
-            ..
-        } => vec![n],
-        Request::Status {
-            mirror: Some(n), ..
-        } => vec![n],
-        _ => vec![],
-    }
-}
-
 /// Every property, for one input. Returns a description of the first
 /// broken one.
 fn check(raw: &[u8]) -> Result<(), String> {
@@ -117,7 +104,7 @@ fn check(raw: &[u8]) -> Result<(), String> {
             if parse(Some(canon.as_bytes())).map(|r| r.canonical()) != Ok(canon.clone()) {
                 return Err(format!("canonical {canon:?} is not a fixed point"));
             }
-            for n in names_in(&req) {
+            for n in req.names() {
                 if !Name::is_valid(n.as_str()) {
                     return Err(format!("invalid name {:?} accepted from {}", n, show()));
                 }
