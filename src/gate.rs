@@ -66,14 +66,28 @@ fn decision_line(
     l
 }
 
-fn refuse(audit: &mut Audit, mut line: Line, refusal: &Refusal, help: Option<&str>) -> Result<u8> {
+fn refuse(
+    audit: &mut Audit,
+    mut line: Line,
+    refusal: &Refusal,
+    pol: &KeyPolicy,
+    help: Option<&str>,
+) -> Result<u8> {
     line.kv("decision", "refuse").kv("reason", refusal.reason());
     audit.log(Level::Warning, &line);
     if let Some(h) = help {
         let _ = std::io::stderr().write_all(h.as_bytes());
     }
     if !matches!(refusal, Refusal::NoCommand) {
-        say(&format!("refused: {refusal}"));
+        if refusal.exit_code() == exit::USAGE {
+            // Not understood: still say, on the same line, what this key may do.
+            say(&format!(
+                "refused: {refusal} ({})",
+                policy::may_summary(pol)
+            ));
+        } else {
+            say(&format!("refused: {refusal}"));
+        }
     }
     Ok(refusal.exit_code())
 }
@@ -126,14 +140,15 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<u8> {
                 &mut audit,
                 line,
                 &Refusal::NoCommand,
+                &pol,
                 Some(&policy::help_text(&pol)),
             );
         }
-        Err(r) => return refuse(&mut audit, line, &r, None),
+        Err(r) => return refuse(&mut audit, line, &r, &pol, None),
     };
     let action = match policy::authorize(&parsed, &pol, client.map(|c| c.0)) {
         Ok(a) => a,
-        Err(r) => return refuse(&mut audit, line, &r, None),
+        Err(r) => return refuse(&mut audit, line, &r, &pol, None),
     };
 
     let mut line = line;

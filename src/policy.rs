@@ -305,7 +305,7 @@ pub fn help_text(policy: &KeyPolicy) -> String {
 
 /// One line saying what the key may do, e.g.
 /// `key 'jenkins' may: sync debian-cd, status debian-cd, help`.
-fn may_summary(policy: &KeyPolicy) -> String {
+pub fn may_summary(policy: &KeyPolicy) -> String {
     let mirrors = key_mirrors(policy);
     let list = match mirrors.as_slice() {
         [one] => esc(one),
