@@ -641,16 +641,10 @@ e2e_test! {
 // 5. Killed gate, killed rsync
 
 /// Processes of this namespace (the pid namespace is the machine's).
-fn ours(pids: Vec<i32>) -> Vec<i32> {
-    let ns = fs::read_link("/proc/self/ns/mnt").unwrap();
-    let mine = procs::pids_in_mount_namespace(&ns.to_string_lossy());
-    pids.into_iter().filter(|p| mine.contains(p)).collect()
-}
-
 /// This namespace's rsync processes running as `uid`.
 fn rsyncs_of(uid: u32) -> Vec<i32> {
     let of_uid = procs::pids_of_user(uid);
-    ours(
+    procs::ours(
         procs::pids_matching("rsync")
             .into_iter()
             .filter(|p| of_uid.contains(p))
@@ -660,7 +654,7 @@ fn rsyncs_of(uid: u32) -> Vec<i32> {
 
 /// This namespace's processes of `uid` whose command line contains `needle`.
 fn owner_procs(uid: u32, needle: &str) -> Vec<i32> {
-    ours(procs::pids_of_user(uid))
+    procs::ours(procs::pids_of_user(uid))
         .into_iter()
         .filter(|&p| procs::cmdline(p).contains(needle))
         .collect()
@@ -708,16 +702,9 @@ fn kill_gate_round(mh: &mut MirrorHost, when: GateKill, killed_run: u64) {
             "{tag}: stage 2 holds the new checksums in .~tmp~"
         );
     }
-    let bin = format!("{} ", mh.bin.display());
-    let gates: Vec<i32> = ours(procs::pids_of_user(mh.login.uid))
-        .into_iter()
-        .filter(|&p| {
-            let c = procs::cmdline(p);
-            c.starts_with(&bin) && c.contains(" ssh --key ")
-        })
-        .collect();
+    let gates = mh.gate_programs();
     assert_eq!(gates.len(), 1, "{tag}: gate processes: {gates:?}");
-    let old_owner = ours(procs::pids_of_user(uid));
+    let old_owner = procs::ours(procs::pids_of_user(uid));
     let old_rsync = rsyncs_of(uid);
     assert!(
         !old_rsync.is_empty(),
@@ -841,7 +828,7 @@ fn kill_gate_round(mh: &mut MirrorHost, when: GateKill, killed_run: u64) {
         "{tag}: the old run's processes survive:\n{}",
         procs::describe_pids(&left)
     );
-    let left = ours(procs::pids_of_user(uid));
+    let left = procs::ours(procs::pids_of_user(uid));
     assert!(
         left.is_empty(),
         "{tag}: owner processes left:\n{}",

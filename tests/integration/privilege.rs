@@ -554,12 +554,6 @@ e2e_test! {
 
 /// Processes in this test's mount namespace (the pid namespace is the
 /// machine's: other test runs may have an rsync or a uid 999 of their own).
-fn ours(pids: Vec<i32>) -> Vec<i32> {
-    let ns = fs::read_link("/proc/self/ns/mnt").unwrap();
-    let mine = procs::pids_in_mount_namespace(&ns.to_string_lossy());
-    pids.into_iter().filter(|p| mine.contains(p)).collect()
-}
-
 /// This namespace's processes of `uid` and its rsync processes, after
 /// waiting up to `wait` for them to go away.
 fn leftovers(uid: u32, wait: Duration) -> Vec<i32> {
@@ -568,7 +562,7 @@ fn leftovers(uid: u32, wait: Duration) -> Vec<i32> {
         p.extend(procs::pids_matching("rsync"));
         p.sort_unstable();
         p.dedup();
-        ours(p)
+        procs::ours(p)
     };
     let until = Instant::now() + wait;
     let mut p = find();
@@ -583,7 +577,7 @@ fn leftovers(uid: u32, wait: Duration) -> Vec<i32> {
 fn wait_for_owner_rsync(mh: &MirrorHost, wait: Duration) -> bool {
     let until = Instant::now() + wait;
     while Instant::now() < until {
-        let owners = ours(procs::pids_of_user(mh.owner.uid));
+        let owners = procs::ours(procs::pids_of_user(mh.owner.uid));
         if procs::pids_matching("rsync")
             .iter()
             .any(|p| owners.contains(p))
@@ -625,14 +619,7 @@ e2e_test! {
         cmd.stdout(Stdio::null()).stderr(fs::File::create(&err_path).unwrap());
         let mut client = ChildGuard::spawn(&mut cmd, "ssh sync");
         assert!(wait_for_owner_rsync(&mh, Duration::from_secs(15)), "rsync never ran as {OWNER}");
-        let bin = format!("{} ", mh.bin.display());
-        let gates: Vec<i32> = ours(procs::pids_of_user(mh.login.uid))
-            .into_iter()
-            .filter(|&p| {
-                let c = procs::cmdline(p);
-                c.starts_with(&bin) && c.contains(" ssh --key ")
-            })
-            .collect();
+        let gates = mh.gate_programs();
         assert_eq!(gates.len(), 1, "gate processes: {gates:?}\n{}", procs::describe_pids(&procs::pids_of_user(mh.login.uid)));
         kill(Pid::from_raw(gates[0]), Signal::SIGTERM).unwrap();
         let t0 = Instant::now();

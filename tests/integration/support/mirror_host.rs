@@ -296,6 +296,19 @@ impl MirrorHost {
             .collect()
     }
 
+    /// This namespace's syncgate gate processes (the program itself, not
+    /// the `/bin/sh -c` that sshd runs it through).
+    pub fn gate_programs(&self) -> Vec<i32> {
+        let bin = format!("{} ", self.bin.display());
+        super::procs::ours(super::procs::pids_of_user(self.login.uid))
+            .into_iter()
+            .filter(|&p| {
+                let c = super::procs::cmdline(p);
+                c.starts_with(&bin) && c.contains(" ssh --key ")
+            })
+            .collect()
+    }
+
     /// Live processes of the login account and of the image owner.
     pub fn user_pids(&self) -> Vec<i32> {
         let mut pids = super::procs::pids_of_user(self.login.uid);

@@ -251,6 +251,14 @@ pub fn pids_with_cmdline_containing(needle: &str) -> Vec<i32> {
 
 /// Live processes in the mount namespace `ns` (as read from
 /// `/proc/PID/ns/mnt`, e.g. `mnt:[4026532301]`).
+/// Only those of `pids` that live in this process's mount namespace (other
+/// namespaces on the machine may run the same uids).
+pub fn ours(pids: Vec<i32>) -> Vec<i32> {
+    let ns = std::fs::read_link("/proc/self/ns/mnt").expect("read /proc/self/ns/mnt");
+    let mine = pids_in_mount_namespace(&ns.to_string_lossy());
+    pids.into_iter().filter(|p| mine.contains(p)).collect()
+}
+
 pub fn pids_in_mount_namespace(ns: &str) -> Vec<i32> {
     all_pids()
         .into_iter()
