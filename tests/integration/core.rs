@@ -593,3 +593,62 @@ fn files_that_appear_upstream_between_the_stages_are_published_with_their_checks
         "the checksums name b.iso, so it must be there"
     );
 }
+
+/// Nothing from the caller's environment reaches rsync: children get a
+/// cleared environment with a fixed PATH (and HOME, LC_ALL=C).
+#[test]
+fn rsync_never_inherits_the_callers_environment() {
+    let f = Fixture::new("");
+    f.put("a.iso", b"a");
+    let dump = f.dir.path().join("rsync-env");
+    let wrapper = f.dir.path().join("rsync-env-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n/usr/bin/env >> {}\nexec /usr/bin/rsync \"$@\"\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(
+        &f.config,
+        format!("rsync = \"{}\"\n{cfg}", wrapper.display()),
+    )
+    .unwrap();
+
+    let out = f
+        .cmd(&["sync", "m"])
+        .env("LD_PRELOAD", "/nonexistent/evil.so")
+        .env("RSYNC_RSH", "/bin/false")
+        .env("RSYNC_CONNECT_PROG", "/bin/false")
+        .env("LC_CTYPE", "xx_XX.UTF-8")
+        .env("SSH_ORIGINAL_COMMAND", "sync; id")
+        .env("PATH", "/tmp/evil:/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let env = std::fs::read_to_string(&dump).unwrap();
+    let names: std::collections::BTreeSet<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    // /bin/sh itself adds PWD (and may add SHLVL, _); nothing else may appear.
+    for name in &names {
+        assert!(
+            ["PATH", "LC_ALL", "HOME", "PWD", "SHLVL", "_"].contains(name),
+            "{name} reached rsync:\n{env}"
+        );
+    }
+    assert!(
+        env.lines()
+            .any(|l| l == "PATH=/usr/sbin:/usr/bin:/sbin:/bin"),
+        "{env}"
+    );
+    assert!(env.lines().any(|l| l == "LC_ALL=C"), "{env}");
+}
