@@ -554,28 +554,12 @@ fn files_that_appear_upstream_between_the_stages_are_published_with_their_checks
     assert!(f.sync().status.success());
     // A wrapper around rsync that, after stage 1 (the first run of rsync
     // without --dry-run), adds a new image and new checksums upstream.
-    let wrapper = f.dir.path().join("rsync-wrapper");
     let marker = f.dir.path().join("stage1-done");
-    std::fs::write(
-        &wrapper,
-        format!(
+    f.use_rsync_wrapper(&format!(
             "#!/bin/sh\n/usr/bin/rsync \"$@\"\nrc=$?\ncase \" $* \" in *' --max-delete=0 '*) if [ ! -e {m} ]; then touch {m}; printf new > {up}/b.iso; printf '0  a.iso\\n0  b.iso\\n' > {up}/SHA256SUMS; touch -d '2001-01-01' {up}/SHA256SUMS; fi;; esac\nexit $rc\n",
             m = marker.display(),
             up = f.upstream.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let cfg = std::fs::read_to_string(&f.config).unwrap();
-    std::fs::write(
-        &f.config,
-        format!("rsync = \"{}\"\n{cfg}", wrapper.display()),
-    )
-    .unwrap();
+        ));
 
     let out = f.sync();
     assert!(out.status.success(), "{}", text(&out));
@@ -601,26 +585,10 @@ fn rsync_never_inherits_the_callers_environment() {
     let f = Fixture::new("");
     f.put("a.iso", b"a");
     let dump = f.dir.path().join("rsync-env");
-    let wrapper = f.dir.path().join("rsync-env-wrapper");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\n/usr/bin/env >> {}\nexec /usr/bin/rsync \"$@\"\n",
-            dump.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let cfg = std::fs::read_to_string(&f.config).unwrap();
-    std::fs::write(
-        &f.config,
-        format!("rsync = \"{}\"\n{cfg}", wrapper.display()),
-    )
-    .unwrap();
+    f.use_rsync_wrapper(&format!(
+        "#!/bin/sh\n/usr/bin/env >> {}\nexec /usr/bin/rsync \"$@\"\n",
+        dump.display()
+    ));
 
     let out = f
         .cmd(&["sync", "m"])

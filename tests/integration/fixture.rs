@@ -71,6 +71,24 @@ impl Fixture {
         std::fs::write(&self.config, self.config_text(mirror_extra)).unwrap();
     }
 
+    /// Makes syncgate run `script` (a /bin/sh script wrapping rsync) as its
+    /// rsync, for tests that need to act between rsync runs or look at them.
+    pub fn use_rsync_wrapper(&self, script: &str) {
+        let wrapper = self.dir.path().join("rsync-wrapper");
+        std::fs::write(&wrapper, script).unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(
+            &self.config,
+            format!("rsync = \"{}\"\n{cfg}", wrapper.display()),
+        )
+        .unwrap();
+    }
+
     pub fn put(&self, rel: &str, bytes: &[u8]) {
         let p = self.upstream.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
