@@ -30,13 +30,16 @@
 #   50,000 files right after deleting 50,000 makes inode allocation scan
 #   and dominate the run (3 s vs 30 s for the same rsync -a).
 # - Everything runs as the current user (privilege = "direct"), no sudo.
-# - What `syncgate sync` runs (src/owner.rs, transfer_locked): stage 1 rsync
-#   (all but the last files, deletions only counted), a dry-run probe over
-#   the last files, stage 2 = a full rsync pass only when the probe itemized
-#   something or stage 1 counted pending deletions, then fix-perms. So a
-#   no-change sync is stage 1 + probe + fix-perms, and a first sync is
-#   stage 1 + probe + full stage 2 + fix-perms. The breakdowns time each of
-#   these alone, with argvs rebuilt here and checked against strace.
+# - What `syncgate sync` runs (src/owner.rs): into an empty dest, one rsync
+#   pass into a private staging copy (DEST/.syncgate-tmp/fresh), fix-perms on
+#   that copy inside `transfer`, then renames (src/publish.rs); no separate
+#   fix-perms step. Into a dest that holds a mirror, first the plan: one
+#   dry run over everything while dest is counted (src/plan.rs); when it
+#   proves nothing changed, that is all. Otherwise stage 1, the probe,
+#   stage 2 and fix-perms, as before. So a first sync is one rsync pass plus
+#   a fix-perms walk of the new copy, and a no-change sync is one dry run.
+#   The breakdowns time these alone, with argvs rebuilt here and checked
+#   against strace.
 #
 # Exit status: 0 when everything could be measured, whether or not the
 # targets were met (misses are printed as MISS); non-zero only when something
@@ -257,13 +260,16 @@ SG=$(q "$bin")
 SG_SYNC="$SG --config $(q "$CFG") sync bench 2>>$(q "$SG_LOG")"
 RS_COPY="$(q "$RSYNC") -a $(q "$UP/") $(q "$D_RS/") 2>>$(q "$RS_LOG")"
 
-# The rsync argvs of `syncgate transfer` (src/argv.rs: rsync_stage1,
-# rsync_probe, rsync_stage2), for a given dest.
-stage_argvs() { # stage_argvs DEST: sets STAGE1, PROBE and STAGE2 (full)
+# The rsync argvs of `syncgate transfer` (src/argv.rs: rsync_plan,
+# rsync_fresh, rsync_stage1, rsync_probe, rsync_stage2), for a given dest.
+stage_argvs() { # stage_argvs DEST: sets PLAN, FRESH, STAGE1, PROBE and STAGE2 (full)
   local dest=$1 l
-  local common=("$RSYNC" -rlpt --safe-links --no-human-readable --stats
+  local base=("$RSYNC" -rlpt --safe-links --no-human-readable --stats
     "--chmod=D$DIR_MODE,F$FILE_MODE" --group "--groupmap=*:$GROUP"
-    "--timeout=$IO_TIMEOUT" "--temp-dir=$TEMP_DIR" "--exclude=/$TEMP_DIR/")
+    "--timeout=$IO_TIMEOUT")
+  local common=("${base[@]}" "--temp-dir=$TEMP_DIR" "--exclude=/$TEMP_DIR/")
+  PLAN=("${common[@]}" --dry-run --itemize-changes --info=name1 "$UP/" "$dest/")
+  FRESH=("${base[@]}" "--exclude=/$TEMP_DIR/" --delete "$UP/" "$dest/$TEMP_DIR/fresh/")
   STAGE1=("${common[@]}" --delete --max-delete=0)
   for l in "${LAST[@]}"; do STAGE1+=("--exclude=$l"); done
   STAGE1+=("$UP/" "$dest/")
@@ -348,15 +354,20 @@ verify_tree() { # verify_tree DEST: same files as upstream, checksums good
 say "warming the page cache with the upstream tree"
 find "$UP" -type f -print0 | xargs -0 cat >/dev/null
 
-# stage2_decisions FROM_LINE: how the runs logged to $SG_LOG after line
-# FROM_LINE decided about stage 2 (src/owner.rs progress lines), "F full, S skipped"
+# stage2_decisions FROM_LINE: which way the runs logged to $SG_LOG after
+# line FROM_LINE went (src/owner.rs progress lines)
+FRESH_MSG='first sync: dest is empty'
+UNCHANGED_MSG='unchanged: the mirror matches upstream'
 S2_FULL_MSG='stage 2: everything'
 S2_SKIP_MSG='stage 2: no checksum file or marker changed upstream'
 stage2_decisions() {
-  local from=$1 full skip
+  local from=$1 fresh unchanged full skip
+  fresh=$(tail -n "+$((from + 1))" "$SG_LOG" | grep -cF "$FRESH_MSG" || true)
+  unchanged=$(tail -n "+$((from + 1))" "$SG_LOG" | grep -cF "$UNCHANGED_MSG" || true)
   full=$(tail -n "+$((from + 1))" "$SG_LOG" | grep -cF "$S2_FULL_MSG" || true)
   skip=$(tail -n "+$((from + 1))" "$SG_LOG" | grep -cF "$S2_SKIP_MSG" || true)
-  printf '%s full, %s skipped' "$full" "$skip"
+  printf '%s first-sync copies, %s unchanged, %s two-stage with full stage 2, %s two-stage without' \
+    "$fresh" "$unchanged" "$full" "$skip"
 }
 log_lines() { wc -l <"$SG_LOG"; }
 
@@ -509,9 +520,10 @@ say "burst: runs used $B_RUNS ($B_SERVED); exit codes: $B_CODES"
 
 # ---- the exact rsync argvs syncgate runs ----------------------------------------
 # Two `syncgate sync bench` runs under strace (execve only): one with nothing
-# changed (expected: stage 1, probe, no stage 2) and one after a last file
-# (release.json) got an old mtime in dest (expected: stage 1, probe, full
-# stage 2). Each exec is labelled by comparing it with the rebuilt argvs.
+# changed (expected: the plan alone) and one after a last file
+# (release.json) got an old mtime in dest (expected: plan, stage 1, probe,
+# full stage 2, fix-perms). Each exec is labelled by comparing it with the
+# rebuilt argvs.
 stage_argvs "$D_SG"
 strace_form() { # the argv as strace prints it: "a", "b", ...
   local out
@@ -520,7 +532,8 @@ strace_form() { # the argv as strace prints it: "a", "b", ...
 }
 traced_sequence() { # traced_sequence TAG: the labelled execs of one sync
   local out=$LOGS/strace-execve-$1.txt line args seq=()
-  local e1 ep e2
+  local e0 e1 ep e2
+  e0=$(strace_form "${PLAN[@]}")
   e1=$(strace_form "${STAGE1[@]}")
   ep=$(strace_form "${PROBE[@]}")
   e2=$(strace_form "${STAGE2[@]}")
@@ -529,6 +542,7 @@ traced_sequence() { # traced_sequence TAG: the labelled execs of one sync
   while IFS= read -r line; do
     args=$(sed 's/^.*execve("[^"]*", \[\(.*\)\], 0x.*$/\1/' <<<"$line")
     case $args in
+      "$e0") seq+=(plan) ;;
       "$e1") seq+=("stage 1") ;;
       "$ep") seq+=(probe) ;;
       "$e2") seq+=("stage 2") ;;
@@ -544,8 +558,8 @@ traced_sequence() { # traced_sequence TAG: the labelled execs of one sync
 }
 ARGV_CHECK="not checked (no strace)"
 if ((STRACE)); then
-  want_noop="sync → transfer → stage 1 → probe → fix-perms"
-  want_last="sync → transfer → stage 1 → probe → stage 2 → fix-perms"
+  want_noop="sync → transfer → plan"
+  want_last="sync → transfer → plan → stage 1 → probe → stage 2 → fix-perms"
   seq_noop=$(traced_sequence noop)
   touch -d @1000000000 "$D_SG/release.json"
   seq_last=$(traced_sequence last)
@@ -618,108 +632,93 @@ sum_to() { # sum_to NAME PART...: WALL/CPU[NAME] = sum(PART)
 if ((prof_noop)); then
   say "breakdown of the no-change resync: $NOOP_RUNS rounds (+1 warmup), interleaved"
   stage_argvs "$D_SG"
+  SPLAN=$(qargv "${PLAN[@]}")
   S1=$(qargv "${STAGE1[@]}")
   SP=$(qargv "${PROBE[@]}")
   S2=$(qargv "${STAGE2[@]}")
-  S1_NODEL=$(without --delete "${STAGE1[@]}")
   FP="$SG --config $(q "$CFG") fix-perms bench"
   CMD[p_sync]=$SG_SYNC
   CMD[p_rsync]=$RS_COPY
   CMD[p_transfer]="$SG --config $(q "$CFG") transfer bench </dev/null >/dev/null 2>>$(q "$SG_LOG")"
+  CMD[p_plan]="$SPLAN >/dev/null 2>>$(q "$RS_LOG")"
+  CMD[p_count]="find $(q "$D_SG") >/dev/null"
   CMD[p_fixperms]="$FP </dev/null >/dev/null 2>>$(q "$SG_LOG")"
   CMD[p_stage1]="$S1 >/dev/null 2>>$(q "$RS_LOG")"
   CMD[p_probe]="$SP >/dev/null 2>>$(q "$RS_LOG")"
   CMD[p_stage2]="$S2 >/dev/null 2>>$(q "$RS_LOG")"
-  CMD[p_stage1_nodel]="$S1_NODEL >/dev/null 2>>$(q "$RS_LOG")"
-  CMD[p_walk]="find $(q "$D_SG") -printf '%m %U %G\\n' >/dev/null"
   # transfer creates DEST/.syncgate-tmp and removes it when it is done; the
   # rsyncs run alone need it (rsync refuses a missing --temp-dir), the
   # walks should not see it
   mk_tmp="mkdir -p -m 700 $(q "$D_SG/$TEMP_DIR")"
   rm_tmp="rmdir $(q "$D_SG/$TEMP_DIR") 2>/dev/null || true"
-  for n in p_stage1 p_probe p_stage2 p_stage1_nodel; do PREP[$n]=$mk_tmp; done
-  for n in p_fixperms p_walk; do PREP[$n]=$rm_tmp; done
-  bench_loop "$NOOP_RUNS" p_sync p_rsync p_transfer p_fixperms p_stage1 p_probe p_stage2 \
-    p_stage1_nodel p_walk
+  for n in p_plan p_stage1 p_probe p_stage2; do PREP[$n]=$mk_tmp; done
+  for n in p_fixperms p_count p_sync p_transfer; do PREP[$n]=$rm_tmp; done
+  bench_loop "$NOOP_RUNS" p_sync p_rsync p_transfer p_plan p_count p_fixperms p_stage1 p_probe p_stage2
   say "counting stat calls (strace -c)"
   STATS[p_rsync]=$(stats_count "$RS_COPY")
   bash -c "$mk_tmp"
+  STATS[p_plan]=$(stats_count "$SPLAN")
   STATS[p_stage1]=$(stats_count "$S1")
   STATS[p_probe]=$(stats_count "$SP")
   STATS[p_stage2]=$(stats_count "$S2")
-  STATS[p_stage1_nodel]=$(stats_count "$S1_NODEL")
   bash -c "$rm_tmp"
+  STATS[p_transfer]=$(stats_count "$SG --config $(q "$CFG") transfer bench </dev/null")
   STATS[p_fixperms]=$(stats_count "$FP")
-  STATS[p_walk]=$(stats_count "find $(q "$D_SG") -printf '%m %U %G\\n'")
-  derive p_gate p_sync p_transfer p_fixperms
-  derive p_tr_own p_transfer p_stage1 p_probe
-  sum_to p_parts p_stage1 p_probe p_fixperms
+  STATS[p_count]=$(stats_count "find $(q "$D_SG")")
+  derive p_gate p_sync p_transfer
+  derive p_tr_own p_transfer p_plan
+  sum_to p_changed p_plan p_stage1 p_probe p_stage2 p_fixperms
   PROF+=("| no-change resync | wall (median) | cpu | share of \`syncgate sync\` | stat calls |")
   PROF+=("|---|---|---|---|---|")
-  row "\`syncgate sync\` (same rounds as below; stage 2 skipped: $S2_NOOP in the comparison above)" p_sync p_sync
+  row "\`syncgate sync\` (same rounds as below; routes in the comparison above: $S2_NOOP)" p_sync p_sync
   row "↳ \`syncgate transfer\` (owner side)" p_transfer p_sync
-  row "&nbsp;&nbsp;↳ stage 1 rsync: full compare, \`--delete --max-delete=0\`" p_stage1 p_sync
-  row "&nbsp;&nbsp;↳ probe rsync: \`--dry-run --itemize-changes --delete --include=*/ --include=LAST… --exclude=*\`" p_probe p_sync
-  row "&nbsp;&nbsp;↳ transfer's own overhead (transfer − stage 1 − probe)" p_tr_own p_sync
-  row "↳ \`syncgate fix-perms\` (walker: lstat per entry, repairs nothing here)" p_fixperms p_sync
-  row "↳ gate (sync − transfer − fix-perms: config, queue lock, state, 2 spawns)" p_gate p_sync
-  row "stage 1 + probe + fix-perms, run alone" p_parts p_sync
+  row "&nbsp;&nbsp;↳ the plan rsync alone: \`--dry-run --itemize-changes --info=name1\` over everything" p_plan p_sync
+  row "&nbsp;&nbsp;↳ transfer's own overhead (transfer − plan; dest is counted while the plan runs)" p_tr_own p_sync
+  row "↳ gate (sync − transfer: config, queue lock, state, 1 spawn)" p_gate p_sync
   row "plain \`rsync -a\` (reference)" p_rsync p_sync
-  row "not in a no-change sync: full stage 2 on the up-to-date tree (added when a last file changed)" p_stage2 p_sync
-  row "what-if: stage 1 without \`--delete\`" p_stage1_nodel p_sync
-  row "reference: one lstat walk, \`find DEST -printf '%m %U %G'\`" p_walk p_sync
+  row "reference: a names-only walk of dest, \`find DEST\` (what the count does, in a thread)" p_count p_sync
+  row "not in a no-change sync: stage 1 (\`--delete --max-delete=0\`)" p_stage1 p_sync
+  row "not in a no-change sync: the probe over the last files" p_probe p_sync
+  row "not in a no-change sync: full stage 2" p_stage2 p_sync
+  row "not in a no-change sync: \`syncgate fix-perms\`" p_fixperms p_sync
+  row "what a sync that changed one last file costs at least (plan + stage 1 + probe + stage 2 + fix-perms, alone)" p_changed p_sync
 fi
 if ((prof_first)); then
   say "breakdown of the first sync: $RUNS rounds (+1 warmup), interleaved"
   for ((r = 0; r <= RUNS; r++)); do
-    # syncgate transfer creates DEST/.syncgate-tmp (0700); the rsyncs run
-    # alone here need it to exist
-    for v in st rs-tmp; do
-      mkdir -p "$FIRST/$v-$r/$TEMP_DIR"
-      chmod 700 "$FIRST/$v-$r/$TEMP_DIR"
-    done
-    write_config "$FIRST/st-$r.toml" "$FIRST/st-state-$r" "$FIRST/st-$r"
+    mkdir -p "$FIRST/st-$r/$TEMP_DIR"
+    chmod 700 "$FIRST/st-$r/$TEMP_DIR"
     write_config "$FIRST/sg2-$r.toml" "$FIRST/sg2-state-$r" "$FIRST/sg2-$r"
+    # fix-perms pointed at the staging copy: the walk transfer runs on it
+    write_config "$FIRST/st-$r.toml" "$FIRST/st-state-$r" "$FIRST/st-$r/$TEMP_DIR/fresh"
   done
   stage_argvs "$FIRST/st-@i@"
   at() { local c; c=$(qargv "$@"); printf '%s' "${c//\\@i\\@/@i@}"; } # keep @i@ unquoted
   # Each round: plain rsync -a and a whole syncgate sync into never-used
-  # dests, then stage 1, probe, full stage 2 and fix-perms one after the
-  # other into one more, as transfer_locked runs them (no sync in between).
+  # dests, then the first-sync rsync pass and fix-perms of its copy into
+  # one more, as transfer_fresh runs them.
   CMD[pf_rsync]="$(q "$RSYNC") -a $(q "$UP/") $(q "$FIRST")/rs2-@i@/ 2>>$(q "$RS_LOG")"
   PREP[pf_rsync]=sync
   CMD[pf_sync]="$SG --config $(q "$FIRST")/sg2-@i@.toml sync bench 2>>$(q "$SG_LOG")"
   PREP[pf_sync]=sync
-  CMD[pf_stage1]="$(at "${STAGE1[@]}") >/dev/null 2>>$(q "$RS_LOG")"
-  PREP[pf_stage1]=sync
-  CMD[pf_probe]="$(at "${PROBE[@]}") >$(q "$LOGS")/first-probe-@i@.txt 2>>$(q "$RS_LOG")"
-  CMD[pf_stage2]="$(at "${STAGE2[@]}") >/dev/null 2>>$(q "$RS_LOG")"
+  CMD[pf_fresh]="$(at "${FRESH[@]}") >/dev/null 2>>$(q "$RS_LOG")"
+  PREP[pf_fresh]=sync
   CMD[pf_fixperms]="$SG --config $(q "$FIRST")/st-@i@.toml fix-perms bench </dev/null >/dev/null 2>>$(q "$SG_LOG")"
-  PREP[pf_fixperms]="rmdir $(q "$FIRST")/st-@i@/$TEMP_DIR" # as transfer does before it exits
-  # what-if: plain rsync -a with syncgate's (relative) temp dir
-  CMD[pf_rsync_tmp]="$(q "$RSYNC") -a --temp-dir=$TEMP_DIR $(q "$UP/") $(q "$FIRST")/rs-tmp-@i@/ 2>>$(q "$RS_LOG")"
-  PREP[pf_rsync_tmp]=sync
   from=$(log_lines)
-  bench_loop "$RUNS" pf_rsync pf_sync pf_stage1 pf_probe pf_stage2 pf_fixperms pf_rsync_tmp
+  bench_loop "$RUNS" pf_rsync pf_sync pf_fresh pf_fixperms
   S2_PF=$(stage2_decisions "$from")
-  [[ $(grep -c '^[<>*c.]' "$LOGS/first-probe-$RUNS.txt" || true) -gt 0 ]] ||
-    die "the probe itemized nothing after a first stage 1 (see $LOGS/first-probe-$RUNS.txt)"
-  verify_tree "$FIRST/st-$RUNS"
   verify_tree "$FIRST/sg2-$RUNS"
-  sum_to pf_parts pf_stage1 pf_probe pf_stage2 pf_fixperms
-  derive pf_gate pf_sync pf_stage1 pf_probe pf_stage2 pf_fixperms
+  sum_to pf_parts pf_fresh pf_fixperms
+  derive pf_gate pf_sync pf_fresh pf_fixperms
   PROF+=("")
   PROF+=("| first sync into an empty dest | wall (median) | cpu | vs plain \`rsync -a\` | |")
   PROF+=("|---|---|---|---|---|")
   row "plain \`rsync -a\` (same rounds as below)" pf_rsync pf_rsync
-  row "\`syncgate sync\` (stage 2: $S2_PF)" pf_sync pf_rsync
-  row "↳ stage 1 rsync alone (everything but the last files)" pf_stage1 pf_rsync
-  row "↳ probe rsync, right after (itemizes the last files)" pf_probe pf_rsync
-  row "↳ full stage 2 rsync, right after (copies the last files; compares the whole tree again)" pf_stage2 pf_rsync
-  row "↳ \`syncgate fix-perms\`, right after (walks the new tree)" pf_fixperms pf_rsync
-  row "↳ gate + transfer overhead (sync − the four above)" pf_gate pf_rsync
-  row "stage 1 + probe + stage 2 + fix-perms, run alone" pf_parts pf_rsync
-  row "what-if: plain \`rsync -a --temp-dir=$TEMP_DIR\`" pf_rsync_tmp pf_rsync
+  row "\`syncgate sync\` ($S2_PF)" pf_sync pf_rsync
+  row "↳ the first-sync rsync pass alone (into DEST/$TEMP_DIR/fresh)" pf_fresh pf_rsync
+  row "↳ fix-perms of that copy, right after (transfer runs the same walk before publishing)" pf_fixperms pf_rsync
+  row "↳ gate + transfer overhead + publishing renames (sync − the two above)" pf_gate pf_rsync
+  row "rsync pass + fix-perms, run alone" pf_parts pf_rsync
 fi
 
 # ---- table ----------------------------------------------------------------------
@@ -732,7 +731,7 @@ cat <<EOF
 - $(uname -sr), $(nproc) CPUs, load average $LOAD_START at start, $LOAD_END at end; $("$RSYNC" --version | head -n1 | sed 's/  */ /g')
 - timing: compared commands interleaved round by round, 1 warmup round, median of the rest (cpu = user+sys of the whole process tree); page cache warm; \`sync\` before every first-sync run, each into a never-used dir$(if ((HYPERFINE)); then echo "; no-op gate commands: $(hyperfine --version), 50 runs"; fi)
 - plain rsync: \`rsync -a SRC/ DST/\` (-rlptgoD)
-- syncgate: \`syncgate --config CFG sync bench\`, privilege = "direct" = gate + \`transfer\` + \`fix-perms\`. transfer = stage 1 (common flags \`-rlpt --safe-links --no-human-readable --stats --chmod=D$DIR_MODE,F$FILE_MODE --group --groupmap=*:$GROUP --timeout=$IO_TIMEOUT --temp-dir=$TEMP_DIR --exclude=/$TEMP_DIR/\` + \`--delete --max-delete=0 --exclude=LAST...\`), then the probe (common + \`--dry-run --itemize-changes --delete --include=*/ --include=LAST... --exclude=*\`), then, only if the probe itemized something or stage 1 counted deletions, a full stage 2 (common + \`--delay-updates --delete-delay --max-delete=$MAX_DELETE\`). Stage 2 in the timed runs: first sync $S2_FIRST; no-change $S2_NOOP. Rebuilt argvs: $ARGV_CHECK
+- syncgate: \`syncgate --config CFG sync bench\`, privilege = "direct". Into an empty dest, \`transfer\` makes one rsync pass into DEST/$TEMP_DIR/fresh (common flags \`-rlpt --safe-links --no-human-readable --stats --chmod=D$DIR_MODE,F$FILE_MODE --group --groupmap=*:$GROUP --timeout=$IO_TIMEOUT --exclude=/$TEMP_DIR/\` + \`--delete\`), runs the fix-perms walker on that copy and publishes it by renames, last files last; no separate fix-perms step. Into a dest that holds a mirror, \`transfer\` first runs the plan (common + \`--temp-dir=$TEMP_DIR --dry-run --itemize-changes --info=name1\`) while counting dest; when nothing is itemized and the counts match, that is the whole sync. Otherwise stage 1 (\`--delete --max-delete=0 --exclude=LAST...\`), the probe, stage 2 and fix-perms follow as before. Routes in the timed runs: first sync $S2_FIRST; no-change $S2_NOOP. Rebuilt argvs: $ARGV_CHECK
 - fix-perms: the walker of src/fixperms.rs (numeric ids, *at calls); it repairs nothing in these runs, since rsync already set modes and group
 
 | measurement | plain rsync | syncgate | ratio / value | target | result |

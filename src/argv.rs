@@ -17,8 +17,16 @@ use crate::config::{Config, Mirror, Privilege, Upstream};
 pub const SUDO: &str = "/usr/bin/sudo";
 
 /// rsync's temporary directory inside dest (same filesystem, so renames are
-/// atomic). Emptied at the start of every transfer.
+/// atomic). Emptied at the start of every transfer, except for a first
+/// sync's staging copy that a later first sync resumes.
 pub const TEMP_DIR: &str = ".syncgate-tmp";
+
+/// A first sync's staging copy, below [`TEMP_DIR`].
+pub const FRESH_DIR: &str = "fresh";
+
+/// Where a first sync holds the last files while the rest is published,
+/// below [`TEMP_DIR`].
+pub const HOLD_DIR: &str = "last";
 
 /// The owner-side commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +77,10 @@ pub fn launch(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<String> {
 }
 
 fn common(cfg: &Config, m: &Mirror) -> Vec<String> {
+    with_temp_dir(cfg, m, true)
+}
+
+fn with_temp_dir(cfg: &Config, m: &Mirror, temp_dir: bool) -> Vec<String> {
     let mut v: Vec<String> = vec![
         cfg.rsync.display().to_string(),
         "-rlpt".into(),
@@ -79,12 +91,14 @@ fn common(cfg: &Config, m: &Mirror) -> Vec<String> {
         "--group".into(),
         format!("--groupmap=*:{}", m.reader_group),
         format!("--timeout={}", m.io_timeout),
+    ];
+    if temp_dir {
         // Relative: rsync resolves it against dest. An absolute temp dir
         // makes rsync 3.5 walk the path from / for every file (measured: a
         // first sync of 50,000 files took 1.85x as long).
-        format!("--temp-dir={TEMP_DIR}"),
-        format!("--exclude=/{TEMP_DIR}/"),
-    ];
+        v.push(format!("--temp-dir={TEMP_DIR}"));
+    }
+    v.push(format!("--exclude=/{TEMP_DIR}/"));
     match &m.upstream {
         Upstream::Daemon(_) => {
             v.push(format!("--contimeout={}", m.io_timeout.min(300)));
@@ -107,6 +121,38 @@ fn common(cfg: &Config, m: &Mirror) -> Vec<String> {
 fn endpoints(v: &mut Vec<String>, m: &Mirror) {
     v.push(m.upstream.source_arg());
     v.push(format!("{}/", m.dest.display()));
+}
+
+/// The plan, run first when dest already holds a mirror: a dry run over
+/// everything (the last files included), itemizing what would change,
+/// naming the unsafe symlinks it skips (`--info=name1`), and counting the
+/// file list by type (`--stats`). When it itemizes nothing and dest holds
+/// exactly the entries it listed, nothing is to be published or deleted and
+/// the sync ends after this one pass (src/plan.rs).
+pub fn rsync_plan(cfg: &Config, m: &Mirror) -> Vec<String> {
+    let mut v = common(cfg, m);
+    v.push("--dry-run".into());
+    v.push("--itemize-changes".into());
+    v.push("--info=name1".into());
+    endpoints(&mut v, m);
+    v
+}
+
+/// The first sync into an empty dest: one pass into a private staging
+/// directory (mode 0700 [`TEMP_DIR`]), which is published by renames when
+/// complete (src/publish.rs). rsync writes its temporary files next to
+/// their targets there, as plain `rsync -a` does. `--delete` only ever acts
+/// inside the staging copy: it clears what an interrupted first sync left
+/// that upstream no longer has, when the next one resumes it.
+pub fn rsync_fresh(cfg: &Config, m: &Mirror) -> Vec<String> {
+    let mut v = with_temp_dir(cfg, m, false);
+    v.push("--delete".into());
+    v.push(m.upstream.source_arg());
+    v.push(format!(
+        "{}/",
+        m.dest.join(TEMP_DIR).join(FRESH_DIR).display()
+    ));
+    v
 }
 
 /// Stage 1: everything except the "last" patterns, deleting nothing.

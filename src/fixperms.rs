@@ -326,6 +326,16 @@ fn incomplete_message(
 /// rules. Returns what was done, or every problem found (capped) in
 /// [`FixError::Incomplete`] if some entries could not be fixed.
 pub fn fix_tree(root: &Path, policy: &PermPolicy) -> Result<FixReport, FixError> {
+    fix(root, policy, true)
+}
+
+/// [`fix_tree`] for the root directory alone, without entering it: for a
+/// dest whose contents were fixed before they were moved in.
+pub fn fix_root(root: &Path, policy: &PermPolicy) -> Result<FixReport, FixError> {
+    fix(root, policy, false)
+}
+
+fn fix(root: &Path, policy: &PermPolicy, recurse: bool) -> Result<FixReport, FixError> {
     policy.validate()?;
     let euid = unistd::geteuid().as_raw();
     if euid != 0 && euid != policy.uid {
@@ -371,10 +381,11 @@ pub fn fix_tree(root: &Path, policy: &PermPolicy) -> Result<FixReport, FixError>
     let mut w = Walker::new(policy, euid, st.st_dev);
     w.entries += 1;
     w.fix_entry(Target::Fd(fd.as_fd()), root, &st, Kind::Dir);
-    let mut dir = Dir::from_fd(fd).map_err(|e| io(root, "fdopendir", e))?;
-    let mut comps = Vec::new();
-    w.walk(&mut dir, root, &mut comps);
-    drop(dir);
+    if recurse {
+        let mut dir = Dir::from_fd(fd).map_err(|e| io(root, "fdopendir", e))?;
+        let mut comps = Vec::new();
+        w.walk(&mut dir, root, &mut comps);
+    }
     w.finish(root)
 }
 

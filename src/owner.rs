@@ -24,6 +24,7 @@ use crate::argv;
 use crate::child::{self, Stream, Watcher};
 use crate::config::{Config, Mirror, Privilege};
 use crate::error::{Error, IoContext, Result};
+use crate::publish;
 use crate::rsync::Stats;
 
 /// How long an owner-side command waits for a previous one to let go of dest.
@@ -31,15 +32,39 @@ const DEST_LOCK_WAIT: Duration = Duration::from_secs(60);
 /// Time rsync gets between SIGTERM and SIGKILL.
 const RSYNC_GRACE: Duration = Duration::from_secs(5);
 
+/// Which way a transfer went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// Stage 1, then (when needed) stage 2, into a dest that holds a mirror.
+    #[default]
+    Staged,
+    /// A first sync: one pass into a staging copy, published by renames.
+    Fresh,
+    /// The plan found nothing to publish or delete.
+    Unchanged,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TransferReport {
     pub ok: bool,
     pub message: String,
     /// rsync's exit code of the stage that decided the result.
     pub rsync_exit: Option<i32>,
+    /// The plan's dry run (none on a first sync).
+    #[serde(default)]
+    pub plan: Option<Stats>,
+    /// Stage 1, or a first sync's single pass.
     pub stage1: Stats,
     pub stage2: Option<Stats>,
     pub stage2_full: bool,
+    #[serde(default)]
+    pub route: Route,
+    /// Everything this transfer published already went through fix-perms
+    /// (a first sync), or nothing changed (the plan compared every entry's
+    /// mode and group); the gate then skips the fix-perms step.
+    #[serde(default)]
+    pub perms_done: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -166,9 +191,27 @@ fn lock_dest(mirror: &Mirror) -> Result<File> {
     }
 }
 
+/// The mtime of the open directory `dir`.
+fn mtime_of(dir: &File) -> Option<nix::sys::time::TimeSpec> {
+    nix::sys::stat::fstat(dir)
+        .ok()
+        .map(|st| nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec))
+}
+
+/// Sets the mtime of the open directory `dir` (its atime is left alone).
+/// rsync compares directory mtimes too: dest's own must stay what rsync
+/// set (upstream's), or the next plan itemizes "./" and a no-change sync
+/// takes the two-stage path.
+fn set_mtime(dir: &File, mtime: Option<nix::sys::time::TimeSpec>) {
+    if let Some(t) = mtime {
+        let _ = nix::sys::stat::futimens(dir, &nix::sys::time::TimeSpec::UTIME_OMIT, &t);
+    }
+}
+
 /// Empties (or creates) rsync's temporary directory: leftovers of an
-/// aborted run go away here.
-fn prepare_temp_dir(dest: &Path) -> Result<()> {
+/// aborted run go away here, except `keep` (a first sync's staging copy,
+/// which the next first sync resumes).
+fn prepare_temp_dir(dest: &Path, keep: Option<&str>) -> Result<()> {
     let tmp = dest.join(argv::TEMP_DIR);
     match std::fs::symlink_metadata(&tmp) {
         Ok(md) if md.file_type().is_dir() => {
@@ -176,8 +219,11 @@ fn prepare_temp_dir(dest: &Path) -> Result<()> {
                 std::fs::read_dir(&tmp).context(|| format!("cannot read {}", tmp.display()))?
             {
                 let entry = entry.context(|| format!("cannot read {}", tmp.display()))?;
-                let p = entry.path();
                 let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if is_dir && keep.is_some_and(|k| entry.file_name() == k) {
+                    continue;
+                }
+                let p = entry.path();
                 let r = if is_dir {
                     std::fs::remove_dir_all(&p)
                 } else {
@@ -418,8 +464,18 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
     let cut = watch_lifeline();
     crate::signals::install();
     let lock = lock_dest(m)?;
-    prepare_temp_dir(&m.dest)?;
-    let result = transfer_locked(cfg, m, &lock, &cut);
+    let fresh = publish::handles(&m.last)
+        && publish::is_empty(&m.dest)
+            .context(|| format!("cannot read dest {}", m.dest.display()))?;
+    // Creating and removing the temp dir changes dest's mtime; put it back.
+    let before = mtime_of(&lock);
+    prepare_temp_dir(&m.dest, fresh.then_some(argv::FRESH_DIR))?;
+    set_mtime(&lock, before);
+    let result = if fresh {
+        transfer_fresh(cfg, m, &lock, &cut)
+    } else {
+        transfer_locked(cfg, m, &lock, &cut)
+    };
     if !matches!(&result, Ok(r) if r.ok) {
         let n = remove_delayed_updates(&m.dest);
         if n > 0 {
@@ -432,8 +488,123 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
     // The temp dir (mode 0700) is not part of the published tree: readers
     // must be able to list every directory. rsync empties it on every exit
     // it controls; what an aborted run leaves is removed at the next run.
-    let _ = std::fs::remove_dir(m.dest.join(argv::TEMP_DIR));
+    let before = mtime_of(&lock);
+    if std::fs::remove_dir(m.dest.join(argv::TEMP_DIR)).is_ok() {
+        set_mtime(&lock, before);
+    }
     result
+}
+
+fn policy_of(m: &Mirror) -> crate::fixperms::PermPolicy {
+    crate::fixperms::PermPolicy {
+        uid: m.owner_uid,
+        gid: m.reader_gid,
+        file_mode: m.file_mode,
+        dir_mode: m.dir_mode,
+    }
+}
+
+/// "vanished" or not: rsync's 24 is a success with a remark.
+fn transferred(code: Option<i32>) -> String {
+    if code == Some(24) {
+        "transferred (some upstream files vanished during the transfer)".into()
+    } else {
+        "transferred".into()
+    }
+}
+
+/// A first sync into an empty dest: one rsync pass into a private staging
+/// copy, fix-perms on that copy, then [`publish::publish`].
+fn transfer_fresh(
+    cfg: &Config,
+    m: &Mirror,
+    lock: &File,
+    cut: &AtomicBool,
+) -> Result<TransferReport> {
+    let home = home_of(nix::unistd::getuid().as_raw());
+    let mut report = TransferReport {
+        route: Route::Fresh,
+        ..Default::default()
+    };
+    let tmp = m.dest.join(argv::TEMP_DIR);
+    let staging = tmp.join(argv::FRESH_DIR);
+    crate::progress::say(&format!(
+        "first sync: dest is empty; copying everything into {} (private), published when complete",
+        staging.display()
+    ));
+    let end = run_rsync(&argv::rsync_fresh(cfg, m), &home, lock, cut)?;
+    report.stage1 = end.stats.clone();
+    report.rsync_exit = Some(end.code);
+    if end.stopped {
+        report.message = "first sync stopped (sync aborted or timed out); nothing published, the copy so far is resumed by the next sync".into();
+        return Ok(report);
+    }
+    if end.signal.is_some() || !matches!(end.code, 0 | 24) {
+        report.message = format!(
+            "first sync failed: {}; nothing published, the copy so far is resumed by the next sync",
+            end.failure()
+        );
+        return Ok(report);
+    }
+    let policy = policy_of(m);
+    let fixed = match crate::fixperms::fix_tree(&staging, &policy) {
+        Ok(r) => r,
+        Err(e) => {
+            report.message = format!(
+                "permissions could not be enforced on the new copy, nothing published: {e}"
+            );
+            return Ok(report);
+        }
+    };
+    // rsync gave the copy's root upstream's mtime; dest gets it after the
+    // renames, as a two-stage sync would have left it.
+    let root_mtime = File::open(&staging).ok().and_then(|d| mtime_of(&d));
+    let done = match publish::publish(&staging, &tmp.join(argv::HOLD_DIR), &m.dest, &m.last) {
+        Ok(d) => d,
+        Err(e) => {
+            report.message =
+                format!("publishing the first sync failed: {e}; the next sync completes it");
+            return Ok(report);
+        }
+    };
+    if let Err(e) = crate::fixperms::fix_root(&m.dest, &policy) {
+        report.message = format!("permissions could not be enforced on dest: {e}");
+        return Ok(report);
+    }
+    set_mtime(lock, root_mtime);
+    crate::progress::say(&format!(
+        "published {} top-level entries, then {} last files (checksums, signatures, markers); permissions: {} entries checked, {} repaired, {} removed",
+        done.entries, done.last, fixed.entries, fixed.changed, fixed.removed
+    ));
+    report.ok = true;
+    report.perms_done = true;
+    report.message = transferred(report.rsync_exit);
+    Ok(report)
+}
+
+/// The plan: one dry run, with dest counted meanwhile. `Ok(None)` when
+/// nothing is to be done; `Ok(Some(stats))` with the reason said otherwise.
+fn run_plan(
+    cfg: &Config,
+    m: &Mirror,
+    home: &str,
+    lock: &File,
+    cut: &AtomicBool,
+) -> Result<std::result::Result<Option<Stats>, RsyncEnd>> {
+    let dest = m.dest.clone();
+    let counter = std::thread::spawn(move || crate::plan::count_tree(&dest));
+    let end = run_rsync(&argv::rsync_plan(cfg, m), home, lock, cut)?;
+    let counted = counter.join().unwrap_or(None);
+    if end.stopped || end.signal.is_some() || !matches!(end.code, 0 | 24) {
+        return Ok(Err(end));
+    }
+    match crate::plan::change(&end.stats, end.code, end.errors.len(), counted) {
+        None => Ok(Ok(None)),
+        Some(why) => {
+            crate::progress::say(&format!("changed: {why}"));
+            Ok(Ok(Some(end.stats)))
+        }
+    }
 }
 
 fn transfer_locked(
@@ -444,6 +615,37 @@ fn transfer_locked(
 ) -> Result<TransferReport> {
     let home = home_of(nix::unistd::getuid().as_raw());
     let mut report = TransferReport::default();
+
+    match run_plan(cfg, m, &home, lock, cut)? {
+        Err(end) if end.stopped => {
+            report.rsync_exit = Some(end.code);
+            report.message =
+                "comparing with upstream stopped (sync aborted or timed out); nothing changed"
+                    .into();
+            return Ok(report);
+        }
+        Err(end) => {
+            report.rsync_exit = Some(end.code);
+            report.plan = Some(end.stats.clone());
+            report.message = format!(
+                "comparing with upstream failed: {}; nothing changed",
+                end.failure()
+            );
+            return Ok(report);
+        }
+        Ok(None) => {
+            crate::progress::say(
+                "unchanged: the mirror matches upstream; nothing to publish or delete",
+            );
+            report.route = Route::Unchanged;
+            report.rsync_exit = Some(0);
+            report.ok = true;
+            report.perms_done = true;
+            report.message = "unchanged".into();
+            return Ok(report);
+        }
+        Ok(Some(stats)) => report.plan = Some(stats),
+    }
 
     let a1 = argv::rsync_stage1(cfg, m);
     crate::progress::say(&format!(
@@ -547,13 +749,7 @@ pub fn fix_perms(cfg: &Config, name: &str) -> Result<FixPermsReport> {
     let m = cfg.mirror(name)?;
     check_trust(cfg, m)?;
     let _lock = lock_dest(m)?;
-    let policy = crate::fixperms::PermPolicy {
-        uid: m.owner_uid,
-        gid: m.reader_gid,
-        file_mode: m.file_mode,
-        dir_mode: m.dir_mode,
-    };
-    Ok(match crate::fixperms::fix_tree(&m.dest, &policy) {
+    Ok(match crate::fixperms::fix_tree(&m.dest, &policy_of(m)) {
         Ok(r) => FixPermsReport {
             ok: true,
             message: format!(

@@ -17,6 +17,50 @@ pub struct Stats {
     /// changes that would be made).
     #[serde(default)]
     pub itemized: u64,
+    /// The sender's file list by type, from "Number of files: N (reg: …,
+    /// dir: …, link: …, dev: …, special: …)"; the transfer root "." is one
+    /// of the directories. `None` when rsync printed no such line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed: Option<Kinds>,
+    /// Upstream symlinks rsync did not create (`--safe-links`), counted from
+    /// its "ignoring unsafe symlink" lines (printed with `--info=name1`).
+    #[serde(default)]
+    pub unsafe_links: u64,
+    /// Upstream devices, fifos and sockets rsync did not create, counted
+    /// from its "skipping non-regular file" lines.
+    #[serde(default)]
+    pub skipped_special: u64,
+}
+
+/// Directory entries by type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kinds {
+    pub reg: u64,
+    pub dir: u64,
+    pub link: u64,
+    /// Devices, fifos, sockets.
+    pub other: u64,
+}
+
+/// "50,508 (reg: 50,005, dir: 503, link: 2)" → the counts by type; the
+/// total must equal their sum.
+fn kinds(rest: &str) -> Option<Kinds> {
+    let (total, detail) = rest.split_once('(')?;
+    let total = number(total, "")?;
+    let detail = detail.trim_end().strip_suffix(')')?;
+    let mut k = Kinds::default();
+    for part in detail.split(", ") {
+        let (label, n) = part.split_once(':')?;
+        let n = number(n, "")?;
+        match label.trim() {
+            "reg" => k.reg = n,
+            "dir" => k.dir = n,
+            "link" => k.link = n,
+            "dev" | "special" => k.other += n,
+            _ => return None,
+        }
+    }
+    (k.reg + k.dir + k.link + k.other == total).then_some(k)
 }
 
 /// Whether `line` is one of rsync's `--itemize-changes` lines:
@@ -50,9 +94,24 @@ impl Stats {
             self.itemized += 1;
             return;
         }
+        if line.starts_with("ignoring unsafe symlink ") {
+            self.unsafe_links += 1;
+            return;
+        }
+        if line.starts_with("skipping non-regular file ") {
+            self.skipped_special += 1;
+            return;
+        }
         let line = line.trim();
         if let Some(n) = number(line, "Number of files:") {
             self.files_total = n;
+            self.listed = line.strip_prefix("Number of files:").and_then(|r| {
+                if r.contains('(') {
+                    kinds(r)
+                } else {
+                    None
+                }
+            });
         } else if let Some(n) = number(line, "Number of created files:") {
             self.files_created = n;
         } else if let Some(n) = number(line, "Number of deleted files:") {
@@ -141,6 +200,14 @@ Deletions stopped due to --max-delete limit (7 skipped)
                 bytes_sent: 1024,
                 deletes_skipped: 7,
                 itemized: 0,
+                listed: Some(Kinds {
+                    reg: 1000,
+                    dir: 234,
+                    link: 0,
+                    other: 0
+                }),
+                unsafe_links: 0,
+                skipped_special: 0,
             }
         );
     }
@@ -160,5 +227,37 @@ Deletions stopped due to --max-delete limit (7 skipped)
         }
         assert_eq!(s.itemized, 4);
         assert_eq!(s.files_total, 3);
+    }
+
+    #[test]
+    fn the_file_list_is_counted_by_type_and_skipped_entries_are_counted() {
+        let mut s = Stats::default();
+        for l in [
+            "skipping non-regular file \"fifo\"",
+            "ignoring unsafe symlink \"sub/bad\" -> \"../../etc/passwd\"",
+            "Number of files: 6 (reg: 1, dir: 2, link: 2, special: 1)",
+        ] {
+            s.feed(l);
+        }
+        assert_eq!(
+            s.listed,
+            Some(Kinds {
+                reg: 1,
+                dir: 2,
+                link: 2,
+                other: 1
+            })
+        );
+        assert_eq!((s.unsafe_links, s.skipped_special, s.itemized), (1, 1, 0));
+        // An empty upstream: rsync prints no breakdown for "." alone.
+        let mut s = Stats::default();
+        s.feed("Number of files: 1 (dir: 1)");
+        assert_eq!(s.listed.map(|k| k.dir), Some(1));
+        // A breakdown that does not add up, or an unknown type, is no count.
+        let mut s = Stats::default();
+        s.feed("Number of files: 7 (reg: 1, dir: 2)");
+        assert_eq!(s.listed, None);
+        s.feed("Number of files: 3 (reg: 1, dir: 1, door: 1)");
+        assert_eq!(s.listed, None);
     }
 }

@@ -177,6 +177,19 @@ pub fn execute(cfg: &Config, m: &Mirror, run: u64) -> Outcome {
     let bytes = t.stage1.bytes_transferred + s2.bytes_transferred;
     let files = t.stage1.files_transferred + s2.files_transferred;
     let deleted = s2.files_deleted;
+    if t.perms_done {
+        // A first sync fixed its copy before publishing it; an unchanged
+        // mirror was just compared entry by entry, mode and group included.
+        return Outcome {
+            result: RunResult::Success,
+            exit_code: exit::OK,
+            rsync_exit: t.rsync_exit,
+            message: t.message,
+            bytes,
+            files,
+            deleted,
+        };
+    }
 
     let f: FixPermsReport =
         match run_owner_step(cfg, m, OwnerVerb::FixPerms, run, started, deadline) {
