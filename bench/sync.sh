@@ -648,9 +648,11 @@ if ((prof_noop)); then
   CMD[p_stage2]="$S2 >/dev/null 2>>$(q "$RS_LOG")"
   # transfer creates DEST/.syncgate-tmp and removes it when it is done; the
   # rsyncs run alone need it (rsync refuses a missing --temp-dir), the
-  # walks should not see it
-  mk_tmp="mkdir -p -m 700 $(q "$D_SG/$TEMP_DIR")"
-  rm_tmp="rmdir $(q "$D_SG/$TEMP_DIR") 2>/dev/null || true"
+  # walks should not see it. Like transfer, put dest's mtime back each
+  # time: a changed mtime on "./" is a change to the plan.
+  keep_mtime() { printf 't=$(stat -c %%y %s) && { %s; } && touch -m -d "$t" %s' "$(q "$D_SG")" "$1" "$(q "$D_SG")"; }
+  mk_tmp=$(keep_mtime "mkdir -p -m 700 $(q "$D_SG/$TEMP_DIR")")
+  rm_tmp=$(keep_mtime "{ rmdir $(q "$D_SG/$TEMP_DIR") 2>/dev/null || true; }")
   for n in p_plan p_stage1 p_probe p_stage2; do PREP[$n]=$mk_tmp; done
   for n in p_fixperms p_count p_sync p_transfer; do PREP[$n]=$rm_tmp; done
   bench_loop "$NOOP_RUNS" p_sync p_rsync p_transfer p_plan p_count p_fixperms p_stage1 p_probe p_stage2

@@ -85,7 +85,7 @@ pub enum Command {
     /// Diagnose accounts, sudo rules, directories and programs; one line per
     /// finding, each problem with a fix. Exits 1 if anything is wrong.
     Check,
-    /// Owner side: run both rsync stages for MIRROR (run by the gate, through sudo).
+    /// Owner side: bring MIRROR up to date with rsync (run by the gate, through sudo).
     Transfer {
         /// A mirror name from the config.
         mirror: String,

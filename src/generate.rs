@@ -186,9 +186,12 @@ fn render_man(out: &mut dyn Write) -> std::io::Result<()> {
              asks over SSH, or when the systemd timer fires. Requests are queued per mirror \
              with a kernel lock (flock) and coalesced: a request is served by the first run \
              of its mirror that started after it arrived, and gets that run's result.",
-            "Each run publishes in two stages: stage 1 transfers everything except checksum \
-             files and markers and deletes nothing; stage 2 then publishes those files and \
-             applies deletions, so a checksum file never names a missing file.",
+            "Each run first compares with upstream in one rsync dry run and ends there when \
+             nothing changed. Otherwise it publishes in two stages: stage 1 transfers \
+             everything except checksum files and markers and deletes nothing; stage 2 then \
+             publishes those files and applies deletions, so a checksum file never names a \
+             missing file. A first sync into an empty dest copies into a private staging \
+             directory and publishes it by renames, checksum files and markers last.",
             "The SSH login account (syncgate) cannot write the images. It runs the owner-side \
              commands transfer and fix-perms as each mirror's owner through one sudoers rule \
              (syncgate sudoers --install), which allows exactly those command lines. Every \

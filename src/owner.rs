@@ -578,7 +578,7 @@ fn transfer_fresh(
     ));
     report.ok = true;
     report.perms_done = true;
-    report.message = transferred(report.rsync_exit);
+    report.message = format!("first sync {}", transferred(report.rsync_exit));
     Ok(report)
 }
 
@@ -706,11 +706,7 @@ fn transfer_locked(
             "stage 2: no checksum file or marker changed upstream; nothing to publish",
         );
         report.ok = true;
-        report.message = if report.rsync_exit == Some(24) {
-            "transferred (some upstream files vanished during the transfer)".into()
-        } else {
-            "transferred".into()
-        };
+        report.message = transferred(report.rsync_exit);
         return Ok(report);
     }
     let a2 = argv::rsync_stage2(cfg, m);
@@ -736,11 +732,7 @@ fn transfer_locked(
         return Ok(report);
     }
     report.ok = true;
-    report.message = if code == 24 {
-        "transferred (some upstream files vanished during the transfer)".into()
-    } else {
-        "transferred".into()
-    };
+    report.message = transferred(Some(code));
     Ok(report)
 }
 
