@@ -471,10 +471,11 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
     let before = mtime_of(&lock);
     prepare_temp_dir(&m.dest, fresh.then_some(argv::FRESH_DIR))?;
     set_mtime(&lock, before);
+    let home = home_of(nix::unistd::getuid().as_raw());
     let result = if fresh {
-        transfer_fresh(cfg, m, &lock, &cut)
+        transfer_fresh(cfg, m, &home, &lock, &cut)
     } else {
-        transfer_locked(cfg, m, &lock, &cut)
+        transfer_locked(cfg, m, &home, &lock, &cut)
     };
     if !matches!(&result, Ok(r) if r.ok) {
         let n = remove_delayed_updates(&m.dest);
@@ -518,10 +519,10 @@ fn transferred(code: Option<i32>) -> String {
 fn transfer_fresh(
     cfg: &Config,
     m: &Mirror,
+    home: &str,
     lock: &File,
     cut: &AtomicBool,
 ) -> Result<TransferReport> {
-    let home = home_of(nix::unistd::getuid().as_raw());
     let mut report = TransferReport {
         route: Route::Fresh,
         ..Default::default()
@@ -532,7 +533,7 @@ fn transfer_fresh(
         "first sync: dest is empty; copying everything into {} (private), published when complete",
         staging.display()
     ));
-    let end = run_rsync(&argv::rsync_fresh(cfg, m), &home, lock, cut)?;
+    let end = run_rsync(&argv::rsync_fresh(cfg, m), home, lock, cut)?;
     report.stage1 = end.stats.clone();
     report.rsync_exit = Some(end.code);
     if end.stopped {
@@ -582,27 +583,30 @@ fn transfer_fresh(
     Ok(report)
 }
 
-/// The plan: one dry run, with dest counted meanwhile. `Ok(None)` when
-/// nothing is to be done; `Ok(Some(stats))` with the reason said otherwise.
-fn run_plan(
-    cfg: &Config,
-    m: &Mirror,
-    home: &str,
-    lock: &File,
-    cut: &AtomicBool,
-) -> Result<std::result::Result<Option<Stats>, RsyncEnd>> {
+/// What the plan found.
+enum Plan {
+    /// Nothing to publish or delete.
+    Unchanged,
+    /// Something (said on stderr); the dry run's stats.
+    Changed(Stats),
+    /// The dry run itself did not finish or failed.
+    Failed(RsyncEnd),
+}
+
+/// The plan: one dry run, with dest counted meanwhile.
+fn run_plan(cfg: &Config, m: &Mirror, home: &str, lock: &File, cut: &AtomicBool) -> Result<Plan> {
     let dest = m.dest.clone();
     let counter = std::thread::spawn(move || crate::plan::count_tree(&dest));
     let end = run_rsync(&argv::rsync_plan(cfg, m), home, lock, cut)?;
     let counted = counter.join().unwrap_or(None);
     if end.stopped || end.signal.is_some() || !matches!(end.code, 0 | 24) {
-        return Ok(Err(end));
+        return Ok(Plan::Failed(end));
     }
     match crate::plan::change(&end.stats, end.code, end.errors.len(), counted) {
-        None => Ok(Ok(None)),
+        None => Ok(Plan::Unchanged),
         Some(why) => {
             crate::progress::say(&format!("changed: {why}"));
-            Ok(Ok(Some(end.stats)))
+            Ok(Plan::Changed(end.stats))
         }
     }
 }
@@ -610,21 +614,21 @@ fn run_plan(
 fn transfer_locked(
     cfg: &Config,
     m: &Mirror,
+    home: &str,
     lock: &File,
     cut: &AtomicBool,
 ) -> Result<TransferReport> {
-    let home = home_of(nix::unistd::getuid().as_raw());
     let mut report = TransferReport::default();
 
-    match run_plan(cfg, m, &home, lock, cut)? {
-        Err(end) if end.stopped => {
+    match run_plan(cfg, m, home, lock, cut)? {
+        Plan::Failed(end) if end.stopped => {
             report.rsync_exit = Some(end.code);
             report.message =
                 "comparing with upstream stopped (sync aborted or timed out); nothing changed"
                     .into();
             return Ok(report);
         }
-        Err(end) => {
+        Plan::Failed(end) => {
             report.rsync_exit = Some(end.code);
             report.plan = Some(end.stats.clone());
             report.message = format!(
@@ -633,7 +637,7 @@ fn transfer_locked(
             );
             return Ok(report);
         }
-        Ok(None) => {
+        Plan::Unchanged => {
             crate::progress::say(
                 "unchanged: the mirror matches upstream; nothing to publish or delete",
             );
@@ -644,7 +648,7 @@ fn transfer_locked(
             report.message = "unchanged".into();
             return Ok(report);
         }
-        Ok(Some(stats)) => report.plan = Some(stats),
+        Plan::Changed(stats) => report.plan = Some(stats),
     }
 
     let a1 = argv::rsync_stage1(cfg, m);
@@ -652,7 +656,7 @@ fn transfer_locked(
         "stage 1: all but {} (no deletions)",
         m.last.join(" ")
     ));
-    let end = run_rsync(&a1, &home, lock, cut)?;
+    let end = run_rsync(&a1, home, lock, cut)?;
     report.stage1 = end.stats.clone();
     report.rsync_exit = Some(end.code);
     if end.stopped {
@@ -685,7 +689,7 @@ fn transfer_locked(
     let full = if pending > 0 || stage1_changed {
         true
     } else {
-        let probe = run_rsync(&argv::rsync_probe(cfg, m), &home, lock, cut)?;
+        let probe = run_rsync(&argv::rsync_probe(cfg, m), home, lock, cut)?;
         if probe.stopped {
             report.message =
                 "stopped between the stages (sync aborted or timed out); nothing published".into();
@@ -718,7 +722,7 @@ fn transfer_locked(
             String::new()
         }
     ));
-    let end = run_rsync(&a2, &home, lock, cut)?;
+    let end = run_rsync(&a2, home, lock, cut)?;
     let code = end.code;
     report.stage2 = Some(end.stats.clone());
     report.stage2_full = full;

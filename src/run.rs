@@ -177,38 +177,33 @@ pub fn execute(cfg: &Config, m: &Mirror, run: u64) -> Outcome {
     let bytes = t.stage1.bytes_transferred + s2.bytes_transferred;
     let files = t.stage1.files_transferred + s2.files_transferred;
     let deleted = s2.files_deleted;
-    if t.perms_done {
-        // A first sync fixed its copy before publishing it; an unchanged
-        // mirror was just compared entry by entry, mode and group included.
-        return Outcome {
-            result: RunResult::Success,
-            exit_code: exit::OK,
-            rsync_exit: t.rsync_exit,
-            message: t.message,
-            bytes,
-            files,
-            deleted,
-        };
-    }
-
-    let f: FixPermsReport =
-        match run_owner_step(cfg, m, OwnerVerb::FixPerms, run, started, deadline) {
-            Step::Report(r) => r,
-            Step::Stopped(result, msg) => return Outcome::failed(result, msg, t.rsync_exit),
-            Step::NoReport(msg) => return Outcome::failed(RunResult::Failed, msg, t.rsync_exit),
-        };
-    if !f.ok {
-        return Outcome::failed(
-            RunResult::Failed,
-            format!("permissions could not be enforced: {}", f.message),
-            t.rsync_exit,
-        );
-    }
+    // A first sync fixed its copy before publishing it; an unchanged mirror
+    // was just compared entry by entry, mode and group included.
+    let message = if t.perms_done {
+        t.message
+    } else {
+        let f: FixPermsReport =
+            match run_owner_step(cfg, m, OwnerVerb::FixPerms, run, started, deadline) {
+                Step::Report(r) => r,
+                Step::Stopped(result, msg) => return Outcome::failed(result, msg, t.rsync_exit),
+                Step::NoReport(msg) => {
+                    return Outcome::failed(RunResult::Failed, msg, t.rsync_exit)
+                }
+            };
+        if !f.ok {
+            return Outcome::failed(
+                RunResult::Failed,
+                format!("permissions could not be enforced: {}", f.message),
+                t.rsync_exit,
+            );
+        }
+        format!("{}; permissions: {}", t.message, f.message)
+    };
     Outcome {
         result: RunResult::Success,
         exit_code: exit::OK,
         rsync_exit: t.rsync_exit,
-        message: format!("{}; permissions: {}", t.message, f.message),
+        message,
         bytes,
         files,
         deleted,
