@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use syncgate::fixperms::{fix_tree, PermPolicy};
+use syncgate::owner::fixperms::{fix_tree, PermPolicy};
 
 fn main() -> ExitCode {
     let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {

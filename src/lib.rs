@@ -3,42 +3,31 @@
 //! `main` calls [`run`]; every error carries its exit code (see
 //! [`error::exit`]).
 
-pub mod argv;
+pub mod admin;
 pub mod audit;
-pub mod check;
-pub mod child;
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod fixperms;
 pub mod gate;
-pub mod generate;
-pub mod locks;
 pub mod owner;
-pub mod plan;
-pub mod policy;
-pub mod progress;
-pub mod publish;
 pub mod queue;
-pub mod request;
-pub mod rsync;
-pub mod run;
-pub mod signals;
-pub mod state;
-pub mod statedir;
-pub mod status;
-pub mod sudoers;
-pub mod sync;
-pub mod timefmt;
+pub mod runner;
+pub mod sys;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::admin::{check, status, sudoers};
+use crate::cli::generate;
 use crate::cli::{Cli, CliTrigger, Command};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
-use crate::state::Trigger;
+use crate::gate::policy;
+use crate::queue::state::Trigger;
+use crate::queue::statedir;
+use crate::runner::sync;
+use crate::sys::{progress, signals};
 
 /// Parses the command line, runs it, and turns the result into an exit code.
 pub fn run() -> ExitCode {

@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use syncgate::request::{parse, Name, MAX_COMMAND_LEN};
+use syncgate::gate::request::{parse, Name, MAX_COMMAND_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let first = parse(Some(data));

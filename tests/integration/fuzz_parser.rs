@@ -1,5 +1,5 @@
 //! A long property run against the SSH command parser
-//! (`syncgate::request::parse`), the one place client bytes enter.
+//! (`syncgate::gate::request::parse`), the one place client bytes enter.
 //!
 //! `PROPTEST_CASES_LONG` cases per property (default 20,000; the fuzzing
 //! campaign in tests/RELIABILITY.md used 100,000 and more) of: arbitrary
@@ -22,7 +22,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
 
-use syncgate::request::{parse, Name, Push, Refusal, Request, Target, MAX_COMMAND_LEN};
+use syncgate::gate::request::{parse, Name, Push, Refusal, Request, Target, MAX_COMMAND_LEN};
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES_LONG")
@@ -84,7 +84,7 @@ fn reference(text: &str) -> Option<Request> {
 /// Every property, for one input. Returns a description of the first
 /// broken one.
 fn check(raw: &[u8]) -> Result<(), String> {
-    let show = || syncgate::request::escape_for_log(raw, 600);
+    let show = || syncgate::gate::request::escape_for_log(raw, 600);
     let first = parse(Some(raw));
     if first != parse(Some(raw)) {
         return Err(format!("not deterministic: {}", show()));

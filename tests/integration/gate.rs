@@ -327,7 +327,7 @@ fn assert_refused(mh: &MirrorHost, key: &std::path::Path, h: &Hostile) -> BTreeM
     assert_eq!(d["client"], "127.0.0.1", "{ctx}");
     assert_eq!(
         d["command"],
-        syncgate::request::escape_for_log(&h.cmd, 160),
+        syncgate::gate::request::escape_for_log(&h.cmd, 160),
         "the audit line keeps what the client sent, escaped and capped: {ctx}"
     );
     d

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use syncgate::state::{MirrorState, RunResult, HISTORY};
+use syncgate::queue::state::{MirrorState, RunResult, HISTORY};
 
 use crate::support::mirror_host::MirrorHost;
 use crate::support::observer::{sums, Observations, Observer};
@@ -918,7 +918,7 @@ e2e_test! {
         // Every burst request is in the queue (blocked on the mirror lock).
         let lock = mh.state_dir.join("iso.lock");
         let all_queued = wait_until(Duration::from_secs(60), || {
-            syncgate::locks::usage(&lock).waiting >= BURST as u64
+            syncgate::sys::proc_locks::usage(&lock).waiting >= BURST as u64
         })
         .map(|_| t0.elapsed());
         let slow_still_running = mh.state("iso")["running"]["run"] == 2;

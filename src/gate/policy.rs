@@ -19,14 +19,14 @@
 //! Refusals here exit 77 and their message says what the key may do.
 //! [`help_text`] lists exactly the commands that [`authorize`] permits.
 //!
-//! Mirror names in a policy are expected to be valid [`crate::request::Name`]s
+//! Mirror names in a policy are expected to be valid [`crate::gate::request::Name`]s
 //! (the configuration loader should check); this module only compares them.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use crate::request::{escape_for_log, Name, Refusal, Request, Target};
+use crate::gate::request::{escape_for_log, Name, Refusal, Request, Target};
 
 /// What a key may ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -347,7 +347,7 @@ fn esc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{parse, tests::valid_command};
+    use crate::gate::request::{parse, tests::valid_command};
     use proptest::prelude::*;
 
     fn cidr(s: &str) -> Cidr {

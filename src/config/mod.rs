@@ -120,7 +120,7 @@ pub struct KeyConfig {
     pub name: String,
     pub verbs: Vec<String>,
     pub mirrors: Vec<String>,
-    pub from: Vec<crate::policy::Cidr>,
+    pub from: Vec<crate::gate::policy::Cidr>,
 }
 
 // ---- raw, as written in the file -------------------------------------------
@@ -665,7 +665,7 @@ fn validate_key(
     }
     let mut from = Vec::new();
     for f in &k.from {
-        match f.get_ref().parse::<crate::policy::Cidr>() {
+        match f.get_ref().parse::<crate::gate::policy::Cidr>() {
             Ok(c) => from.push(c),
             Err(why) => return src.err(f.span(), &format!("key.{n}.from"), why),
         }

@@ -4,10 +4,10 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::progress::human_secs;
-use crate::state::{now, MirrorState, RunRecord, Running};
-use crate::statedir::StateDir;
-use crate::timefmt::iso;
+use crate::queue::state::{now, MirrorState, RunRecord, Running};
+use crate::queue::statedir::StateDir;
+use crate::sys::progress::human_secs;
+use crate::sys::timefmt::iso;
 
 /// The `status --json` document. Field names are a stable interface:
 /// fields may be added, never renamed or removed, within `version` 1.
@@ -37,12 +37,12 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDo
     let mut mirrors = Vec::new();
     for name in names {
         let mut loaded = MirrorState::load(sd, name)?;
-        let mut usage = crate::locks::usage(&sd.lock_path(name));
+        let mut usage = crate::sys::proc_locks::usage(&sd.lock_path(name));
         if loaded.state.running.is_some() && !usage.held {
             // The run may have ended between reading the state and looking
             // at the lock: read again before calling it stale.
             loaded = MirrorState::load(sd, name)?;
-            usage = crate::locks::usage(&sd.lock_path(name));
+            usage = crate::sys::proc_locks::usage(&sd.lock_path(name));
         }
         let st = loaded.state;
         let state = match (&st.running, usage.held) {

@@ -1,6 +1,8 @@
 //! The command line, defined once: `--help`, the man page and the shell
 //! completions are all generated from this.
 
+pub mod generate;
+
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -1,20 +1,8 @@
-//! The one source of truth for every command line syncgate runs.
-//!
-//! The same functions drive execution, the generated sudoers rule
-//! (`syncgate sudoers`) and the verification in `syncgate check`, so the three
-//! cannot disagree.
-//!
-//! The privileged boundary is deliberately narrow: the login account may run
-//! only `syncgate --config CONFIG transfer MIRROR` and
-//! `syncgate --config CONFIG fix-perms MIRROR` as the mirror's owner. Those
-//! take nothing but a mirror name and read everything else (upstream, dest,
-//! modes, excludes) from the root-owned config, so no argument the caller
-//! controls reaches rsync, and no other split of the space-joined string
-//! sudo compares can mean anything else.
+//! The rsync command lines of the owner side: the plan, the first-sync copy,
+//! the two stages and the probe between them. Each is built here and only
+//! here.
 
-use crate::config::{Config, Mirror, Privilege, Upstream};
-
-pub const SUDO: &str = "/usr/bin/sudo";
+use crate::config::{Config, Mirror, Upstream};
 
 /// rsync's temporary directory inside dest (same filesystem, so renames are
 /// atomic). Emptied at the start of every transfer, except for a first
@@ -27,54 +15,6 @@ pub const FRESH_DIR: &str = "fresh";
 /// Where a first sync holds the last files while the rest is published,
 /// below [`TEMP_DIR`].
 pub const HOLD_DIR: &str = "last";
-
-/// The owner-side commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OwnerVerb {
-    Transfer,
-    FixPerms,
-}
-
-impl OwnerVerb {
-    pub const ALL: [OwnerVerb; 2] = [OwnerVerb::Transfer, OwnerVerb::FixPerms];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            OwnerVerb::Transfer => "transfer",
-            OwnerVerb::FixPerms => "fix-perms",
-        }
-    }
-}
-
-/// The owner-side command line, exactly as the sudoers rule grants it.
-pub fn owner_command(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<String> {
-    vec![
-        cfg.binary.display().to_string(),
-        "--config".into(),
-        cfg.path.display().to_string(),
-        verb.as_str().into(),
-        mirror.name.clone(),
-    ]
-}
-
-/// What the gate executes to run an owner-side command.
-pub fn launch(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<String> {
-    let inner = owner_command(cfg, mirror, verb);
-    match cfg.privilege {
-        Privilege::Direct => inner,
-        Privilege::Sudo => {
-            let mut v: Vec<String> = vec![
-                SUDO.into(),
-                "-n".into(),
-                "-u".into(),
-                mirror.owner.clone(),
-                "--".into(),
-            ];
-            v.extend(inner);
-            v
-        }
-    }
-}
 
 fn common(cfg: &Config, m: &Mirror) -> Vec<String> {
     with_temp_dir(cfg, m, true)
@@ -200,9 +140,4 @@ pub fn rsync_probe(cfg: &Config, m: &Mirror) -> Vec<String> {
     v.push("--exclude=*".into());
     endpoints(&mut v, m);
     v
-}
-
-/// Renders an argv for humans and logs (shell-quoted).
-pub fn render(argv: &[String]) -> String {
-    shell_words::join(argv)
 }

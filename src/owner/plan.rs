@@ -1,6 +1,6 @@
 //! Whether a sync has anything to do, decided in one rsync pass.
 //!
-//! The plan ([`crate::argv::rsync_plan`]) is a dry run over everything,
+//! The plan ([`crate::owner::rsync::argv::rsync_plan`]) is a dry run over everything,
 //! last files included. While it runs, [`count_tree`] counts dest's entries
 //! by type (names only, from `getdents`; no `stat`). Nothing is to be done
 //! exactly when:
@@ -19,11 +19,11 @@
 
 use std::path::Path;
 
-use crate::argv::TEMP_DIR;
-use crate::rsync::{Kinds, Stats};
+use crate::owner::rsync::argv::TEMP_DIR;
+use crate::owner::rsync::{Kinds, Stats};
 
 /// Deepest directory level [`count_tree`] descends to (as fix-perms).
-const MAX_DEPTH: usize = crate::fixperms::MAX_DEPTH;
+const MAX_DEPTH: usize = crate::owner::fixperms::MAX_DEPTH;
 
 /// Counts the entries below `root` by type, without following symlinks
 /// and without the top-level [`TEMP_DIR`]. `None` when a directory cannot

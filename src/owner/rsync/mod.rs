@@ -1,5 +1,7 @@
 //! Reading rsync's results: the `--stats` summary and its exit codes.
 
+pub mod argv;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,13 +2,16 @@
 //!
 //! The key name comes from the admin-written `authorized_keys` line, never
 //! from the client. The client's command (`SSH_ORIGINAL_COMMAND`) is checked
-//! by the pure parser in [`crate::request`] and the key's permissions in
-//! [`crate::policy`]; a decision line is written to the audit log *before*
+//! by the pure parser in [`crate::gate::request`] and the key's permissions in
+//! [`crate::gate::policy`]; a decision line is written to the audit log *before*
 //! anything runs. No client byte ever reaches an argv: accepted requests
 //! only select among mirror names from the config.
 //!
 //! stdout carries only machine output (`status --json`); everything for
 //! humans goes to stderr.
+
+pub mod policy;
+pub mod request;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -17,11 +20,11 @@ use std::os::unix::ffi::OsStrExt;
 use crate::audit::{Audit, Level, Line};
 use crate::config::{Config, KeyConfig};
 use crate::error::{exit, Error, Result};
-use crate::policy::{self, Action, KeyPolicy, Verb};
-use crate::progress::say;
+use crate::gate::policy::{Action, KeyPolicy, Verb};
+use crate::gate::request::Refusal;
+use crate::queue::state::Trigger;
 use crate::queue::Requester;
-use crate::request::{self, Refusal};
-use crate::state::Trigger;
+use crate::sys::progress::say;
 
 /// How much of the client's command the audit line keeps.
 const LOG_CAP: usize = 160;
@@ -94,7 +97,7 @@ fn refuse(
 
 /// Runs one SSH request. `config` is the path given on the forced command.
 pub fn run(config: &std::path::Path, key: &str) -> Result<u8> {
-    crate::signals::install();
+    crate::sys::signals::install();
     let raw_os = std::env::var_os("SSH_ORIGINAL_COMMAND");
     let raw = raw_os.as_ref().map(|s| s.as_bytes());
     let conn = std::env::var_os("SSH_CONNECTION");
@@ -167,14 +170,14 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<u8> {
                 Some(m) => vec![m],
                 None => pol.mirrors.clone(),
             };
-            let sd = crate::statedir::StateDir::open(&cfg.state_dir)?;
-            let doc = crate::status::collect(&cfg, &sd, &names)?;
+            let sd = crate::queue::statedir::StateDir::open(&cfg.state_dir)?;
+            let doc = crate::admin::status::collect(&cfg, &sd, &names)?;
             if json {
                 let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
                 s.push('\n');
                 let _ = std::io::stdout().write_all(s.as_bytes());
             } else {
-                let _ = std::io::stderr().write_all(crate::status::render(&doc).as_bytes());
+                let _ = std::io::stderr().write_all(crate::admin::status::render(&doc).as_bytes());
             }
             Ok(exit::OK)
         }
@@ -183,7 +186,7 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<u8> {
             if let Some((ip, port)) = client {
                 extra.push(("client", format!("{ip}:{port}")));
             }
-            crate::sync::sync(&cfg, &mirrors, &req, &extra, &mut audit)
+            crate::runner::sync::sync(&cfg, &mirrors, &req, &extra, &mut audit)
         }
     }
 }

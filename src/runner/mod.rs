@@ -1,16 +1,19 @@
 //! One sync run, from the gate's side: the owner-side `transfer` and then
-//! `fix-perms`, each launched through the argv in [`crate::argv`], with the
+//! `fix-perms`, each launched through the argv in [`crate::runner::argv`], with the
 //! wall-clock timeout, heartbeats and signal handling enforced here.
+
+pub mod argv;
+pub mod sync;
 
 use std::time::{Duration, Instant};
 
-use crate::argv::{self, OwnerVerb};
-use crate::child::{self, Ending, Stream, Watcher};
 use crate::config::{Config, Mirror, Privilege};
 use crate::error::exit;
 use crate::owner::{FixPermsReport, TransferReport};
-use crate::progress::{human_secs, say};
-use crate::state::RunResult;
+use crate::queue::state::RunResult;
+use crate::runner::argv::OwnerVerb;
+use crate::sys::child::{self, Ending, Stream, Watcher};
+use crate::sys::progress::{human_secs, say};
 
 /// Time an owner-side command gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
@@ -57,7 +60,7 @@ impl Watcher for GateWatch<'_> {
             Stream::Stderr => {
                 // Already "syncgate: ..." from the owner side; rsync's and
                 // sudo's own lines pass through as they are.
-                crate::progress::relay(line);
+                crate::sys::progress::relay(line);
                 if self.stderr_tail.len() == 10 {
                     self.stderr_tail.remove(0);
                 }
@@ -77,7 +80,7 @@ impl Watcher for GateWatch<'_> {
         }
     }
     fn abort(&mut self) -> bool {
-        crate::signals::terminate_requested()
+        crate::sys::signals::terminate_requested()
     }
 }
 

@@ -52,7 +52,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
 ];
 
 /// What an SSH client may send (`SSH_ORIGINAL_COMMAND`), as syncgate(1)
-/// documents it. The tests parse every example with [`crate::request::parse`].
+/// documents it. The tests parse every example with [`crate::gate::request::parse`].
 pub const SSH_VERBS: &[(&str, &str)] = &[
     (
         "sync [MIRROR]",
@@ -88,7 +88,7 @@ pub fn files() -> Vec<(String, &'static str)> {
              Owned by the login account, mode 0750 (created by systemd-tmpfiles).",
         ),
         (
-            crate::sudoers::INSTALL_PATH.to_string(),
+            crate::admin::sudoers::INSTALL_PATH.to_string(),
             "The sudoers rule written by syncgate sudoers --install: the login account may \
              run exactly syncgate --config CONFIG transfer MIRROR and fix-perms MIRROR as \
              each mirror's owner.",
@@ -437,7 +437,7 @@ mod tests {
                 "{example} undocumented"
             );
             assert!(
-                crate::request::parse(Some(example.as_bytes())).is_ok(),
+                crate::gate::request::parse(Some(example.as_bytes())).is_ok(),
                 "{example} does not parse"
             );
         }
@@ -448,7 +448,7 @@ mod tests {
         let page = page();
         for p in [
             crate::config::DEFAULT_PATH,
-            crate::sudoers::INSTALL_PATH,
+            crate::admin::sudoers::INSTALL_PATH,
             "/var/lib/syncgate",
             "~syncgate/.ssh/authorized_keys",
         ] {

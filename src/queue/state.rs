@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::statedir::StateDir;
+use crate::queue::statedir::StateDir;
 
 /// How many finished runs are kept.
 pub const HISTORY: usize = 100;

@@ -1,15 +1,15 @@
 //! `syncgate sudoers [--install]`: the sudoers.d fragment that lets the
 //! login account run exactly the owner-side command lines of
-//! [`crate::argv::owner_command`], as each mirror's owner, and nothing else.
+//! [`crate::runner::argv::owner_command`], as each mirror's owner, and nothing else.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::argv::{self, OwnerVerb};
-use crate::child::SAFE_PATH;
 use crate::config::{sudoers_safe, Config};
 use crate::error::{Error, IoContext, Result};
+use crate::runner::argv::{self, OwnerVerb};
+use crate::sys::child::SAFE_PATH;
 
 pub const INSTALL_PATH: &str = "/etc/sudoers.d/syncgate";
 pub const VISUDO: &str = "/usr/sbin/visudo";

@@ -3,16 +3,16 @@
 //!
 //! The sudo rules are tested the way the gate will use them: as the login
 //! account, with `sudo -n -l -u OWNER <argv>` for the exact argv from
-//! [`crate::argv`], and a set of variants that must be refused.
+//! [`crate::runner::argv`], and a set of variants that must be refused.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::argv::{self, OwnerVerb};
-use crate::child::SAFE_PATH;
 use crate::config::{Config, Privilege};
 use crate::error::exit;
+use crate::runner::argv::{self, OwnerVerb};
+use crate::sys::child::SAFE_PATH;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -427,7 +427,7 @@ fn check_sudo(cfg: &Config, r: &mut Report) {
         r.ok("privilege = \"direct\": owner-side commands run as the calling user; no sudo rule needed");
         return;
     }
-    if let Err(e) = crate::sudoers::render(cfg) {
+    if let Err(e) = crate::admin::sudoers::render(cfg) {
         r.fail(
             format!("no safe sudoers rule can be made for this config: {e}"),
             "change the config as the message says, then `syncgate sudoers --install`",

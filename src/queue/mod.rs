@@ -11,6 +11,9 @@
 //! by the next lock holder, recorded as `died`, and never counts as a
 //! success or as covering anyone.
 
+pub mod state;
+pub mod statedir;
+
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -20,9 +23,9 @@ use std::time::{Duration, Instant};
 use crate::audit::{Audit, Level, Line};
 use crate::config::{Config, Mirror};
 use crate::error::{Error, Result};
-use crate::progress::{human_secs, say};
-use crate::state::{now, MirrorState, RunRecord, RunResult, Running, Trigger};
-use crate::statedir::StateDir;
+use crate::queue::state::{now, MirrorState, RunRecord, RunResult, Running, Trigger};
+use crate::queue::statedir::StateDir;
+use crate::sys::progress::{human_secs, say};
 
 /// Who asked, for state, status and the audit trail.
 #[derive(Debug, Clone)]
@@ -119,11 +122,11 @@ fn acquire(
         // Also checked when the lock has just arrived: a caller that left
         // while queued must not start a run (or be coalesced) just because
         // its turn came before the next poll. Dropping the lock releases it.
-        if crate::progress::caller_gone() {
+        if crate::sys::progress::caller_gone() {
             leave("client-disconnected", audit);
             return Err(Error::Abandoned("client disconnected while queued".into()));
         }
-        if crate::signals::terminate_requested() || crate::signals::hangup_received() {
+        if crate::sys::signals::terminate_requested() || crate::sys::signals::hangup_received() {
             leave("signal", audit);
             return Err(Error::Abandoned("stopped by a signal while queued".into()));
         }
@@ -240,7 +243,7 @@ pub fn serve(
     audit.log(Level::Info, &l);
     say(&format!("{name}: run #{run} started"));
 
-    let outcome = crate::run::execute(cfg, mirror, run);
+    let outcome = crate::runner::execute(cfg, mirror, run);
     let record = RunRecord {
         run,
         trigger: req.trigger,

@@ -9,6 +9,11 @@
 //! Each prints exactly one JSON line on stdout (its report) and human
 //! progress on stderr; the gate reads both through pipes.
 
+pub mod fixperms;
+pub mod plan;
+pub mod publish;
+pub mod rsync;
+
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -20,12 +25,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::argv;
-use crate::child::{self, Stream, Watcher};
 use crate::config::{Config, Mirror, Privilege};
 use crate::error::{Error, IoContext, Result};
-use crate::publish;
-use crate::rsync::Stats;
+use crate::owner::rsync::argv;
+use crate::owner::rsync::Stats;
+use crate::sys::child::{self, Stream, Watcher};
 
 /// How long an owner-side command waits for a previous one to let go of dest.
 const DEST_LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -267,7 +271,7 @@ fn remove_delayed_updates(dest: &Path) -> u64 {
             if !ft.is_dir() || (depth == 0 && e.file_name() == argv::TEMP_DIR) {
                 continue;
             }
-            if e.file_name() == crate::fixperms::RSYNC_PARTIAL_DIR {
+            if e.file_name() == crate::owner::fixperms::RSYNC_PARTIAL_DIR {
                 if std::fs::remove_dir_all(e.path()).is_ok() {
                     removed += 1;
                 }
@@ -344,14 +348,14 @@ impl Watcher for RsyncWatch<'_> {
     fn line(&mut self, stream: Stream, line: &str) {
         self.stats.feed(line);
         if stream == Stream::Stderr && !line.trim().is_empty() {
-            crate::progress::say(line);
+            crate::sys::progress::say(line);
             if self.errors.len() < 20 {
                 self.errors.push(line.to_string());
             }
         }
     }
     fn abort(&mut self) -> bool {
-        self.cut.load(Ordering::SeqCst) || crate::signals::terminate_requested()
+        self.cut.load(Ordering::SeqCst) || crate::sys::signals::terminate_requested()
     }
 }
 
@@ -384,7 +388,7 @@ impl RsyncEnd {
             None => format!(
                 "rsync exited {} ({})",
                 self.code,
-                crate::rsync::describe(self.code)
+                crate::owner::rsync::describe(self.code)
             ),
         };
         match first_cause(&self.errors) {
@@ -462,7 +466,7 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
     let m = cfg.mirror(name)?;
     check_trust(cfg, m)?;
     let cut = watch_lifeline();
-    crate::signals::install();
+    crate::sys::signals::install();
     let lock = lock_dest(m)?;
     let fresh = publish::handles(&m.last)
         && publish::is_empty(&m.dest)
@@ -480,7 +484,7 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
     if !matches!(&result, Ok(r) if r.ok) {
         let n = remove_delayed_updates(&m.dest);
         if n > 0 {
-            crate::progress::say(&format!(
+            crate::sys::progress::say(&format!(
                 "removed {n} unpublished delayed-update director{} (.~tmp~)",
                 if n == 1 { "y" } else { "ies" }
             ));
@@ -496,8 +500,8 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
     result
 }
 
-fn policy_of(m: &Mirror) -> crate::fixperms::PermPolicy {
-    crate::fixperms::PermPolicy {
+fn policy_of(m: &Mirror) -> crate::owner::fixperms::PermPolicy {
+    crate::owner::fixperms::PermPolicy {
         uid: m.owner_uid,
         gid: m.reader_gid,
         file_mode: m.file_mode,
@@ -529,7 +533,7 @@ fn transfer_fresh(
     };
     let tmp = m.dest.join(argv::TEMP_DIR);
     let staging = tmp.join(argv::FRESH_DIR);
-    crate::progress::say(&format!(
+    crate::sys::progress::say(&format!(
         "first sync: dest is empty; copying everything into {} (private), published when complete",
         staging.display()
     ));
@@ -548,7 +552,7 @@ fn transfer_fresh(
         return Ok(report);
     }
     let policy = policy_of(m);
-    let fixed = match crate::fixperms::fix_tree(&staging, &policy) {
+    let fixed = match crate::owner::fixperms::fix_tree(&staging, &policy) {
         Ok(r) => r,
         Err(e) => {
             report.message = format!(
@@ -568,12 +572,12 @@ fn transfer_fresh(
             return Ok(report);
         }
     };
-    if let Err(e) = crate::fixperms::fix_root(&m.dest, &policy) {
+    if let Err(e) = crate::owner::fixperms::fix_root(&m.dest, &policy) {
         report.message = format!("permissions could not be enforced on dest: {e}");
         return Ok(report);
     }
     set_mtime(lock, root_mtime);
-    crate::progress::say(&format!(
+    crate::sys::progress::say(&format!(
         "published {} top-level entries, then {} last files (checksums, signatures, markers); permissions: {} entries checked, {} repaired, {} removed",
         done.entries, done.last, fixed.entries, fixed.changed, fixed.removed
     ));
@@ -596,16 +600,16 @@ enum Plan {
 /// The plan: one dry run, with dest counted meanwhile.
 fn run_plan(cfg: &Config, m: &Mirror, home: &str, lock: &File, cut: &AtomicBool) -> Result<Plan> {
     let dest = m.dest.clone();
-    let counter = std::thread::spawn(move || crate::plan::count_tree(&dest));
+    let counter = std::thread::spawn(move || crate::owner::plan::count_tree(&dest));
     let end = run_rsync(&argv::rsync_plan(cfg, m), home, lock, cut)?;
     let counted = counter.join().unwrap_or(None);
     if end.stopped || end.signal.is_some() || !matches!(end.code, 0 | 24) {
         return Ok(Plan::Failed(end));
     }
-    match crate::plan::change(&end.stats, end.code, end.errors.len(), counted) {
+    match crate::owner::plan::change(&end.stats, end.code, end.errors.len(), counted) {
         None => Ok(Plan::Unchanged),
         Some(why) => {
-            crate::progress::say(&format!("changed: {why}"));
+            crate::sys::progress::say(&format!("changed: {why}"));
             Ok(Plan::Changed(end.stats))
         }
     }
@@ -638,7 +642,7 @@ fn transfer_locked(
             return Ok(report);
         }
         Plan::Unchanged => {
-            crate::progress::say(
+            crate::sys::progress::say(
                 "unchanged: the mirror matches upstream; nothing to publish or delete",
             );
             report.route = Route::Unchanged;
@@ -652,7 +656,7 @@ fn transfer_locked(
     }
 
     let a1 = argv::rsync_stage1(cfg, m);
-    crate::progress::say(&format!(
+    crate::sys::progress::say(&format!(
         "stage 1: all but {} (no deletions)",
         m.last.join(" ")
     ));
@@ -706,7 +710,7 @@ fn transfer_locked(
         probe.stats.itemized > 0
     };
     if !full {
-        crate::progress::say(
+        crate::sys::progress::say(
             "stage 2: no checksum file or marker changed upstream; nothing to publish",
         );
         report.ok = true;
@@ -714,7 +718,7 @@ fn transfer_locked(
         return Ok(report);
     }
     let a2 = argv::rsync_stage2(cfg, m);
-    crate::progress::say(&format!(
+    crate::sys::progress::say(&format!(
         "stage 2: everything, with delayed updates{}",
         if pending > 0 {
             format!(" and {pending} deletions")
@@ -745,24 +749,26 @@ pub fn fix_perms(cfg: &Config, name: &str) -> Result<FixPermsReport> {
     let m = cfg.mirror(name)?;
     check_trust(cfg, m)?;
     let _lock = lock_dest(m)?;
-    Ok(match crate::fixperms::fix_tree(&m.dest, &policy_of(m)) {
-        Ok(r) => FixPermsReport {
-            ok: true,
-            message: format!(
-                "{} entries checked, {} repaired, {} removed",
-                r.entries, r.changed, r.removed
-            ),
-            entries: r.entries,
-            changed: r.changed,
-            removed: r.removed,
-            notes: r.notes,
+    Ok(
+        match crate::owner::fixperms::fix_tree(&m.dest, &policy_of(m)) {
+            Ok(r) => FixPermsReport {
+                ok: true,
+                message: format!(
+                    "{} entries checked, {} repaired, {} removed",
+                    r.entries, r.changed, r.removed
+                ),
+                entries: r.entries,
+                changed: r.changed,
+                removed: r.removed,
+                notes: r.notes,
+            },
+            Err(e) => FixPermsReport {
+                ok: false,
+                message: e.to_string(),
+                ..Default::default()
+            },
         },
-        Err(e) => FixPermsReport {
-            ok: false,
-            message: e.to_string(),
-            ..Default::default()
-        },
-    })
+    )
 }
 
 #[cfg(test)]

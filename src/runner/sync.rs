@@ -4,10 +4,10 @@
 use crate::audit::{Audit, Level, Line};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
-use crate::progress::{human_secs, say};
+use crate::queue::state::RunResult;
+use crate::queue::statedir::StateDir;
 use crate::queue::{self, Requester};
-use crate::state::RunResult;
-use crate::statedir::StateDir;
+use crate::sys::progress::{human_secs, say};
 
 /// The start of an `outcome` line: who asked for which mirror.
 fn outcome_line(req: &Requester, mirror: &str, extra: &[(&str, String)]) -> Line {
@@ -102,7 +102,7 @@ pub fn sync(
                         r.message,
                         r.rsync_exit
                             .filter(|c| *c != 0)
-                            .map(|c| format!(" [rsync exit {c}: {}]", crate::rsync::describe(c)))
+                            .map(|c| format!(" [rsync exit {c}: {}]", crate::owner::rsync::describe(c)))
                             .unwrap_or_default()
                     ),
                 };

@@ -126,9 +126,9 @@ impl Audit {
         }
         if !self.fallback_said {
             self.fallback_said = true;
-            crate::progress::say("syslog unreachable; audit lines follow on stderr");
+            crate::sys::progress::say("syslog unreachable; audit lines follow on stderr");
         }
-        crate::progress::say(&format!("audit: {msg}"));
+        crate::sys::progress::say(&format!("audit: {msg}"));
     }
 }
 

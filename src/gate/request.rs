@@ -138,7 +138,7 @@ impl Push {
 }
 
 /// A syntactically valid request. Whether this key may make it is decided by
-/// [`crate::policy::authorize`].
+/// [`crate::gate::policy::authorize`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Help,

@@ -1,0 +1,70 @@
+//! The one source of truth for every command line syncgate runs.
+//!
+//! The same functions drive execution, the generated sudoers rule
+//! (`syncgate sudoers`) and the verification in `syncgate check`, so the three
+//! cannot disagree.
+//!
+//! The privileged boundary is deliberately narrow: the login account may run
+//! only `syncgate --config CONFIG transfer MIRROR` and
+//! `syncgate --config CONFIG fix-perms MIRROR` as the mirror's owner. Those
+//! take nothing but a mirror name and read everything else (upstream, dest,
+//! modes, excludes) from the root-owned config, so no argument the caller
+//! controls reaches rsync, and no other split of the space-joined string
+//! sudo compares can mean anything else.
+
+use crate::config::{Config, Mirror, Privilege};
+
+pub const SUDO: &str = "/usr/bin/sudo";
+
+/// The owner-side commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerVerb {
+    Transfer,
+    FixPerms,
+}
+
+impl OwnerVerb {
+    pub const ALL: [OwnerVerb; 2] = [OwnerVerb::Transfer, OwnerVerb::FixPerms];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OwnerVerb::Transfer => "transfer",
+            OwnerVerb::FixPerms => "fix-perms",
+        }
+    }
+}
+
+/// The owner-side command line, exactly as the sudoers rule grants it.
+pub fn owner_command(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<String> {
+    vec![
+        cfg.binary.display().to_string(),
+        "--config".into(),
+        cfg.path.display().to_string(),
+        verb.as_str().into(),
+        mirror.name.clone(),
+    ]
+}
+
+/// What the gate executes to run an owner-side command.
+pub fn launch(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<String> {
+    let inner = owner_command(cfg, mirror, verb);
+    match cfg.privilege {
+        Privilege::Direct => inner,
+        Privilege::Sudo => {
+            let mut v: Vec<String> = vec![
+                SUDO.into(),
+                "-n".into(),
+                "-u".into(),
+                mirror.owner.clone(),
+                "--".into(),
+            ];
+            v.extend(inner);
+            v
+        }
+    }
+}
+
+/// Renders an argv for humans and logs (shell-quoted).
+pub fn render(argv: &[String]) -> String {
+    shell_words::join(argv)
+}
