@@ -1774,7 +1774,7 @@ mod tests {
         for mask in ["777", "000", "022", "077"] {
             let out = std::process::Command::new(std::env::current_exe().unwrap())
                 .args([
-                    "fixperms::tests::umask_child",
+                    "owner::fixperms::tests::umask_child",
                     "--exact",
                     "--ignored",
                     "--test-threads=1",
