@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::config::{Config, Privilege};
-use crate::error::exit;
+use crate::error::Exit;
 use crate::runner::argv::{self, OwnerVerb};
 use crate::sys::child::SAFE_PATH;
 
@@ -68,11 +68,12 @@ impl Report {
         out.push_str(&format!("{fails} problem(s), {warns} warning(s)\n"));
         out
     }
-    pub fn exit_code(&self) -> u8 {
+    /// 1 if anything is wrong, else 0.
+    pub fn exit(&self) -> Exit {
         if self.failed() {
-            exit::SYNC_FAILED
+            Exit::SyncFailed
         } else {
-            exit::OK
+            Exit::Ok
         }
     }
 }

@@ -2,6 +2,8 @@
 //! syslog with the ident `syncgate`. When syslog cannot be reached the line
 //! goes to stderr (prefixed `syncgate audit:`) and the request still proceeds.
 
+pub mod events;
+
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -102,12 +104,9 @@ impl Audit {
         }
     }
 
-    /// An audit sink that writes to stderr only (used before the config is read).
-    pub fn stderr_only() -> Audit {
-        Audit {
-            logger: None,
-            fallback_said: true,
-        }
+    /// Writes one event.
+    pub fn record(&mut self, event: &impl events::Event) {
+        self.log(event.level(), &event.line());
     }
 
     pub fn log(&mut self, level: Level, line: &Line) {
