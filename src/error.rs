@@ -173,10 +173,6 @@ impl Error {
         }
     }
 
-    pub fn exit_code(&self) -> u8 {
-        self.exit().code()
-    }
-
     /// Whether the user has already been told; `main` then prints nothing.
     pub fn is_reported(&self) -> bool {
         matches!(

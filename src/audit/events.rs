@@ -285,7 +285,7 @@ impl Event for Outcome<'_> {
                     _ => "error",
                 };
                 l.kv("result", result)
-                    .kv("exit", e.exit_code())
+                    .kv("exit", e.exit().code())
                     .kv("message", e.to_string());
             }
         }

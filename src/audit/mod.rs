@@ -1,6 +1,9 @@
 //! The audit trail: one `key=value` line per decision and per outcome, sent to
 //! syslog with the ident `syncgate`. When syslog cannot be reached the line
 //! goes to stderr (prefixed `syncgate audit:`) and the request still proceeds.
+//!
+//! This module is the sink and the line format; every line's content is an
+//! event in [`events`].
 
 pub mod events;
 
@@ -109,7 +112,7 @@ impl Audit {
         self.log(event.level(), &event.line());
     }
 
-    pub fn log(&mut self, level: Level, line: &Line) {
+    fn log(&mut self, level: Level, line: &Line) {
         let msg = line.as_str();
         if let Some(logger) = self.logger.as_mut() {
             let sent = match level {

@@ -175,9 +175,24 @@ fn render_man(out: &mut dyn Write) -> std::io::Result<()> {
     }
 
     let mut r = Roff::new();
+    ssh_verbs(&mut r);
+    exit_status(&mut r);
+    files_and_environment(&mut r);
+
+    r.control("SH", ["SEE ALSO"]);
+    r.text([roman(
+        "sshd(8) (AUTHORIZED_KEYS FILE FORMAT), sudoers(5), visudo(8), rsync(1), \
+         systemd.timer(5), systemd-tmpfiles(8), journalctl(1)",
+    )]);
+    r.to_writer(out)?;
+    page.render_version_section(out)
+}
+
+/// SSH VERBS: what a client may send, from [`SSH_VERBS`].
+fn ssh_verbs(r: &mut Roff) {
     r.control("SH", ["SSH VERBS"]);
     paragraphs(
-        &mut r,
+        r,
         &[
             "An authorized_keys line with command=\"/usr/bin/syncgate ssh --key NAME\" makes \
            sshd run syncgate ssh for every login with that key. The client's command \
@@ -191,7 +206,7 @@ fn render_man(out: &mut dyn Write) -> std::io::Result<()> {
         r.text([roman(*meaning)]);
     }
     paragraphs(
-        &mut r,
+        r,
         &[
             "Anything else is refused before anything runs, with one line on stderr and an \
            audit line: requests over 256 bytes, control bytes, non-UTF-8, shell syntax, \
@@ -200,14 +215,20 @@ fn render_man(out: &mut dyn Write) -> std::io::Result<()> {
            key's help and exits 64; there is never a shell.",
         ],
     );
+}
 
+/// EXIT STATUS: every [`Exit`] with its meaning.
+fn exit_status(r: &mut Roff) {
     r.control("SH", ["EXIT STATUS"]);
     for exit in Exit::ALL {
         r.control("TP", []);
         r.text([bold(exit.code().to_string())]);
         r.text([roman(exit.meaning())]);
     }
+}
 
+/// FILES and ENVIRONMENT.
+fn files_and_environment(r: &mut Roff) {
     r.control("SH", ["FILES"]);
     for (path, meaning) in files() {
         r.control("TP", []);
@@ -231,17 +252,9 @@ fn render_man(out: &mut dyn Write) -> std::io::Result<()> {
         r.text([roman(meaning)]);
     }
     paragraphs(
-        &mut r,
+        r,
         &["Children (sudo, rsync) get a cleared environment with a fixed PATH."],
     );
-
-    r.control("SH", ["SEE ALSO"]);
-    r.text([roman(
-        "sshd(8) (AUTHORIZED_KEYS FILE FORMAT), sudoers(5), visudo(8), rsync(1), \
-         systemd.timer(5), systemd-tmpfiles(8), journalctl(1)",
-    )]);
-    r.to_writer(out)?;
-    page.render_version_section(out)
 }
 
 /// One `.SS` per subcommand: its synopsis, its long help and its options.

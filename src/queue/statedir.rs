@@ -54,10 +54,6 @@ impl StateDir {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn lock_path(&self, mirror: &str) -> PathBuf {
         self.path.join(format!("{mirror}.lock"))
     }
