@@ -23,8 +23,7 @@ use crate::config::{Config, KeyConfig};
 use crate::error::{Error, Exit, Result};
 use crate::gate::policy::{Action, KeyPolicy, Verb};
 use crate::gate::request::Refusal;
-use crate::queue::state::Trigger;
-use crate::queue::Requester;
+use crate::queue::state::{Requester, Trigger};
 use crate::sys::progress::say;
 
 /// How much of the client's command the audit line keeps.

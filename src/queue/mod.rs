@@ -25,8 +25,7 @@ use crate::audit::Audit;
 use crate::config::{Config, Mirror};
 use crate::error::{Error, Result};
 use crate::queue::lock::LockFile;
-pub use crate::queue::state::Requester;
-use crate::queue::state::{MirrorState, Outcome, RunRecord, RunResult, Running};
+use crate::queue::state::{MirrorState, Outcome, Requester, RunRecord, RunResult, Running};
 use crate::queue::statedir::StateDir;
 use crate::sys::progress::say;
 
