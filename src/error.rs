@@ -1,24 +1,122 @@
-//! One error type for the whole tool. Every variant knows its exit code, so
-//! `main` only prints one line and exits.
+//! One error type for the whole tool, and the one list of exit codes.
+//!
+//! Every command returns `Result<()>`; every [`Error`] knows its [`Exit`], so
+//! `main` maps an error to its exit status in one place. Refusals and failed
+//! syncs are errors too ([`Error::Refused`], [`Error::SyncFailed`]): they
+//! have been reported where they happened, and `main` prints nothing more.
 
 use std::path::PathBuf;
 
-/// Exit codes, documented in README.md and syncgate(1).
-pub mod exit {
-    /// The request succeeded.
-    pub const OK: u8 = 0;
-    /// A sync ran and failed (rsync or the permission helper failed, or it timed out).
-    pub const SYNC_FAILED: u8 = 1;
-    /// Command line or SSH request not understood (sysexits EX_USAGE).
-    pub const USAGE: u8 = 64;
+/// syncgate's exit codes (sysexits where one fits). `--help`, syncgate(1)
+/// and the README table are all made from, or checked against, this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+#[repr(u8)]
+pub enum Exit {
+    /// The request succeeded. For sync: the run that covered it succeeded.
+    Ok = 0,
+    /// A sync ran and failed (rsync or the permission helper failed, it timed
+    /// out or was stopped); or `check` found a problem.
+    SyncFailed = 1,
+    /// Command line or SSH request not understood (EX_USAGE).
+    Usage = 64,
     /// Internal error: state, lock or I/O trouble (EX_SOFTWARE).
-    pub const INTERNAL: u8 = 70;
+    Internal = 70,
     /// Waited longer than `queue_timeout` for the mirror lock (EX_TEMPFAIL).
-    pub const QUEUE_TIMEOUT: u8 = 75;
+    QueueTimeout = 75,
     /// Not permitted for this SSH key (EX_NOPERM).
-    pub const NOT_PERMITTED: u8 = 77;
+    NotPermitted = 77,
     /// Configuration error (EX_CONFIG).
-    pub const CONFIG: u8 = 78;
+    Config = 78,
+}
+
+impl Exit {
+    /// Every exit code, in ascending order.
+    pub const ALL: [Exit; 7] = [
+        Exit::Ok,
+        Exit::SyncFailed,
+        Exit::Usage,
+        Exit::Internal,
+        Exit::QueueTimeout,
+        Exit::NotPermitted,
+        Exit::Config,
+    ];
+
+    /// The process exit status.
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// A few words for `--help`.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Exit::Ok => "success",
+            Exit::SyncFailed => "sync failed",
+            Exit::Usage => "usage or request not understood",
+            Exit::Internal => "internal error",
+            Exit::QueueTimeout => "queue timeout",
+            Exit::NotPermitted => "not permitted",
+            Exit::Config => "configuration error",
+        }
+    }
+
+    /// The sentence syncgate(1) gives it (EXIT STATUS).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Ok => "Success. For sync: the run that covered the request succeeded.",
+            Exit::SyncFailed => {
+                "The sync failed (rsync's own exit code is in the message), timed out or was \
+                 stopped; or check found a problem."
+            }
+            Exit::Usage => "Usage error, or an SSH request that is not understood.",
+            Exit::Internal => "Internal error: state directory, lock file or I/O trouble.",
+            Exit::QueueTimeout => "Waited longer than the mirror's queue_timeout for its lock.",
+            Exit::NotPermitted => "SSH request not permitted for this key.",
+            Exit::Config => {
+                "Configuration error; the message names the file, the line and the key."
+            }
+        }
+    }
+
+    /// The `after_help` of `syncgate --help`: every code with its summary.
+    pub fn help_text() -> String {
+        let list: Vec<String> = Exit::ALL
+            .iter()
+            .map(|e| format!("{} {}", e.code(), e.summary()))
+            .collect();
+        format!("Exit codes: {}.", list.join(", "))
+    }
+
+    /// The worse of two exit codes (the higher number).
+    pub fn worst(self, other: Exit) -> Exit {
+        if other.code() > self.code() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl From<Exit> for u8 {
+    fn from(e: Exit) -> u8 {
+        e.code()
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> std::process::ExitCode {
+        std::process::ExitCode::from(e.code())
+    }
+}
+
+impl TryFrom<u8> for Exit {
+    type Error = String;
+    fn try_from(code: u8) -> std::result::Result<Exit, String> {
+        Exit::ALL
+            .into_iter()
+            .find(|e| e.code() == code)
+            .ok_or_else(|| format!("{code} is not a syncgate exit code"))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +134,6 @@ pub enum Error {
         waited: u64,
         limit: u64,
     },
-    /// One or more syncs failed; their messages were already printed.
-    #[error("{0}")]
-    SyncFailed(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -52,21 +147,38 @@ pub enum Error {
     Abandoned(String),
     #[error("lock file {path}: {why}")]
     UnsafeLock { path: PathBuf, why: String },
-    /// Already reported to the user; exit with this code and print nothing.
-    #[error("")]
-    Silent(u8),
+    /// The gate refused the request (64 not understood, 77 not permitted);
+    /// it has already said why on stderr and in the audit log.
+    #[error("refused")]
+    Refused(Exit),
+    /// A run or a request did not succeed; each mirror's line (or the
+    /// owner side's report) already said why. Carries the worst exit code.
+    #[error("sync failed")]
+    SyncFailed(Exit),
+    /// Already reported to the user (e.g. `check`'s findings, or the gate's
+    /// broken config, logged to syslog); exit with this code, print nothing.
+    #[error("already reported")]
+    Reported(Exit),
 }
 
 impl Error {
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit(&self) -> Exit {
         match self {
-            Error::Config(_) => exit::CONFIG,
-            Error::Usage(_) => exit::USAGE,
-            Error::QueueTimeout { .. } => exit::QUEUE_TIMEOUT,
-            Error::SyncFailed(_) | Error::Abandoned(_) => exit::SYNC_FAILED,
-            Error::Io { .. } | Error::Internal(_) | Error::UnsafeLock { .. } => exit::INTERNAL,
-            Error::Silent(code) => *code,
+            Error::Config(_) => Exit::Config,
+            Error::Usage(_) => Exit::Usage,
+            Error::QueueTimeout { .. } => Exit::QueueTimeout,
+            Error::Abandoned(_) => Exit::SyncFailed,
+            Error::Io { .. } | Error::Internal(_) | Error::UnsafeLock { .. } => Exit::Internal,
+            Error::Refused(e) | Error::SyncFailed(e) | Error::Reported(e) => *e,
         }
+    }
+
+    /// Whether the user has already been told; `main` then prints nothing.
+    pub fn is_reported(&self) -> bool {
+        matches!(
+            self,
+            Error::Refused(_) | Error::SyncFailed(_) | Error::Reported(_)
+        )
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
@@ -87,5 +199,61 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(what(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_codes_are_the_documented_ones_in_ascending_order() {
+        let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(codes, [0, 1, 64, 70, 75, 77, 78]);
+        for c in 0..=u8::MAX {
+            assert_eq!(Exit::try_from(c).is_ok(), codes.contains(&c), "{c}");
+        }
+    }
+
+    #[test]
+    fn the_help_text_lists_every_code() {
+        assert_eq!(
+            Exit::help_text(),
+            "Exit codes: 0 success, 1 sync failed, 64 usage or request not understood, \
+             70 internal error, 75 queue timeout, 77 not permitted, 78 configuration error."
+        );
+    }
+
+    /// README.md's "Exit codes" table has one row per code, in this order.
+    #[test]
+    fn the_readme_table_lists_every_code() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("## Exit codes\n")
+            .nth(1)
+            .expect("README has an Exit codes section");
+        let rows: Vec<(u8, &str)> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let mut cells = l.trim_matches('|').split('|').map(str::trim);
+                let code = cells.next()?.parse().ok()?;
+                Some((code, cells.next()?))
+            })
+            .collect();
+        let codes: Vec<u8> = rows.iter().map(|(c, _)| *c).collect();
+        let want: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(codes, want, "README.md's exit code table");
+        assert!(rows.iter().all(|(_, m)| !m.is_empty()));
+    }
+
+    #[test]
+    fn worst_is_the_higher_code() {
+        assert_eq!(Exit::Ok.worst(Exit::SyncFailed), Exit::SyncFailed);
+        assert_eq!(
+            Exit::QueueTimeout.worst(Exit::SyncFailed),
+            Exit::QueueTimeout
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::config::{Config, Privilege};
-use crate::error::exit;
+use crate::error::Exit;
 use crate::runner::argv::{self, OwnerVerb};
 use crate::sys::child::SAFE_PATH;
 
@@ -68,11 +68,12 @@ impl Report {
         out.push_str(&format!("{fails} problem(s), {warns} warning(s)\n"));
         out
     }
-    pub fn exit_code(&self) -> u8 {
+    /// 1 if anything is wrong, else 0.
+    pub fn exit(&self) -> Exit {
         if self.failed() {
-            exit::SYNC_FAILED
+            Exit::SyncFailed
         } else {
-            exit::OK
+            Exit::Ok
         }
     }
 }
@@ -285,8 +286,13 @@ fn check_accounts(cfg: &Config, r: &mut Report) {
             }
         }
     }
+    check_owners(cfg, r, login, u.gid.as_raw());
+}
+
+/// Each mirror's owner against the login account and the reader group.
+fn check_owners(cfg: &Config, r: &mut Report, login: &str, login_gid: u32) {
     for m in cfg.mirrors.values() {
-        if m.owner == *login {
+        if m.owner == login {
             r.fail(
                 format!(
                     "mirror {}: the owner is the login account, so SSH keys could write the images",
@@ -324,7 +330,7 @@ fn check_accounts(cfg: &Config, r: &mut Report) {
         if let Ok(Some(grp)) =
             nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(m.reader_gid))
         {
-            if grp.mem.contains(login) || u.gid.as_raw() == m.reader_gid {
+            if grp.mem.iter().any(|n| n == login) || login_gid == m.reader_gid {
                 r.warn(format!("login account {login} is in the reader group {}: it can read the images (not write them)", m.reader_group), format!("gpasswd -d {login} {}", m.reader_group));
             }
         }

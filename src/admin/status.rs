@@ -1,5 +1,7 @@
 //! `syncgate status`: what each mirror is doing and how its last runs went.
 
+use std::io::Write;
+
 use serde::Serialize;
 
 use crate::config::Config;
@@ -32,7 +34,7 @@ pub struct MirrorStatus {
     pub warning: Option<String>,
 }
 
-pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
+fn collect(sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
     let t = now();
     let mut mirrors = Vec::new();
     for name in names {
@@ -50,7 +52,6 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDo
             (Some(_), false) => "stale",
             (None, _) => "idle",
         };
-        let _ = cfg;
         mirrors.push(MirrorStatus {
             name: name.clone(),
             state,
@@ -69,7 +70,33 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDo
     })
 }
 
-pub fn render(doc: &StatusDoc) -> String {
+/// Where `status` prints its text form (the JSON always goes to stdout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextTo {
+    /// `syncgate status` on the command line.
+    Stdout,
+    /// The SSH verb: stdout carries only machine output.
+    Stderr,
+}
+
+/// `status`: collects `names` and prints them as JSON (stdout) or as text.
+pub fn show(cfg: &Config, names: &[String], json: bool, text_to: TextTo) -> Result<()> {
+    let sd = StateDir::open(&cfg.state_dir)?;
+    let doc = collect(&sd, names)?;
+    // A reader that went away (`| head`, a client that left) is not an error.
+    if json {
+        let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
+        s.push('\n');
+        let _ = std::io::stdout().write_all(s.as_bytes());
+    } else if text_to == TextTo::Stdout {
+        let _ = std::io::stdout().write_all(render(&doc).as_bytes());
+    } else {
+        let _ = std::io::stderr().write_all(render(&doc).as_bytes());
+    }
+    Ok(())
+}
+
+fn render(doc: &StatusDoc) -> String {
     let mut out = String::new();
     let t = doc.generated;
     for m in &doc.mirrors {

@@ -1,6 +1,11 @@
 //! The audit trail: one `key=value` line per decision and per outcome, sent to
 //! syslog with the ident `syncgate`. When syslog cannot be reached the line
 //! goes to stderr (prefixed `syncgate audit:`) and the request still proceeds.
+//!
+//! This module is the sink and the line format; every line's content is an
+//! event in [`events`].
+
+pub mod events;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -102,15 +107,12 @@ impl Audit {
         }
     }
 
-    /// An audit sink that writes to stderr only (used before the config is read).
-    pub fn stderr_only() -> Audit {
-        Audit {
-            logger: None,
-            fallback_said: true,
-        }
+    /// Writes one event.
+    pub fn record(&mut self, event: &impl events::Event) {
+        self.log(event.level(), &event.line());
     }
 
-    pub fn log(&mut self, level: Level, line: &Line) {
+    fn log(&mut self, level: Level, line: &Line) {
         let msg = line.as_str();
         if let Some(logger) = self.logger.as_mut() {
             let sent = match level {

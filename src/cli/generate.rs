@@ -16,40 +16,7 @@ use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
 use clap_mangen::Man;
 
 use crate::cli::{Cli, GenerateWhat};
-use crate::error::{exit, Error, Result};
-
-/// The exit codes of [`crate::error::exit`], as syncgate(1) documents them.
-pub const EXIT_CODES: &[(u8, &str)] = &[
-    (
-        exit::OK,
-        "Success. For sync: the run that covered the request succeeded.",
-    ),
-    (
-        exit::SYNC_FAILED,
-        "The sync failed (rsync's own exit code is in the message), timed out or was stopped; \
-         or check found a problem.",
-    ),
-    (
-        exit::USAGE,
-        "Usage error, or an SSH request that is not understood.",
-    ),
-    (
-        exit::INTERNAL,
-        "Internal error: state directory, lock file or I/O trouble.",
-    ),
-    (
-        exit::QUEUE_TIMEOUT,
-        "Waited longer than the mirror's queue_timeout for its lock.",
-    ),
-    (
-        exit::NOT_PERMITTED,
-        "SSH request not permitted for this key.",
-    ),
-    (
-        exit::CONFIG,
-        "Configuration error; the message names the file, the line and the key.",
-    ),
-];
+use crate::error::{Error, Exit, Result};
 
 /// What an SSH client may send (`SSH_ORIGINAL_COMMAND`), as syncgate(1)
 /// documents it. The tests parse every example with [`crate::gate::request::parse`].
@@ -137,12 +104,11 @@ fn visible_command() -> clap::Command {
 }
 
 /// `syncgate generate WHAT`: writes to stdout.
-pub fn run(what: GenerateWhat) -> Result<u8> {
+pub fn run(what: GenerateWhat) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     write(what, &mut stdout)
         .and_then(|()| stdout.flush())
-        .map_err(|e| Error::io("cannot write to stdout", e))?;
-    Ok(exit::OK)
+        .map_err(|e| Error::io("cannot write to stdout", e))
 }
 
 /// The syncgate(1) man page.
@@ -209,9 +175,24 @@ fn render_man(out: &mut dyn Write) -> std::io::Result<()> {
     }
 
     let mut r = Roff::new();
+    ssh_verbs(&mut r);
+    exit_status(&mut r);
+    files_and_environment(&mut r);
+
+    r.control("SH", ["SEE ALSO"]);
+    r.text([roman(
+        "sshd(8) (AUTHORIZED_KEYS FILE FORMAT), sudoers(5), visudo(8), rsync(1), \
+         systemd.timer(5), systemd-tmpfiles(8), journalctl(1)",
+    )]);
+    r.to_writer(out)?;
+    page.render_version_section(out)
+}
+
+/// SSH VERBS: what a client may send, from [`SSH_VERBS`].
+fn ssh_verbs(r: &mut Roff) {
     r.control("SH", ["SSH VERBS"]);
     paragraphs(
-        &mut r,
+        r,
         &[
             "An authorized_keys line with command=\"/usr/bin/syncgate ssh --key NAME\" makes \
            sshd run syncgate ssh for every login with that key. The client's command \
@@ -225,7 +206,7 @@ fn render_man(out: &mut dyn Write) -> std::io::Result<()> {
         r.text([roman(*meaning)]);
     }
     paragraphs(
-        &mut r,
+        r,
         &[
             "Anything else is refused before anything runs, with one line on stderr and an \
            audit line: requests over 256 bytes, control bytes, non-UTF-8, shell syntax, \
@@ -234,14 +215,20 @@ fn render_man(out: &mut dyn Write) -> std::io::Result<()> {
            key's help and exits 64; there is never a shell.",
         ],
     );
+}
 
+/// EXIT STATUS: every [`Exit`] with its meaning.
+fn exit_status(r: &mut Roff) {
     r.control("SH", ["EXIT STATUS"]);
-    for (code, meaning) in EXIT_CODES {
+    for exit in Exit::ALL {
         r.control("TP", []);
-        r.text([bold(code.to_string())]);
-        r.text([roman(*meaning)]);
+        r.text([bold(exit.code().to_string())]);
+        r.text([roman(exit.meaning())]);
     }
+}
 
+/// FILES and ENVIRONMENT.
+fn files_and_environment(r: &mut Roff) {
     r.control("SH", ["FILES"]);
     for (path, meaning) in files() {
         r.control("TP", []);
@@ -265,17 +252,9 @@ fn render_man(out: &mut dyn Write) -> std::io::Result<()> {
         r.text([roman(meaning)]);
     }
     paragraphs(
-        &mut r,
+        r,
         &["Children (sudo, rsync) get a cleared environment with a fixed PATH."],
     );
-
-    r.control("SH", ["SEE ALSO"]);
-    r.text([roman(
-        "sshd(8) (AUTHORIZED_KEYS FILE FORMAT), sudoers(5), visudo(8), rsync(1), \
-         systemd.timer(5), systemd-tmpfiles(8), journalctl(1)",
-    )]);
-    r.to_writer(out)?;
-    page.render_version_section(out)
 }
 
 /// One `.SS` per subcommand: its synopsis, its long help and its options.
@@ -403,7 +382,7 @@ mod tests {
 
     #[test]
     fn exit_codes_cover_the_exit_module_and_the_help_text() {
-        let codes: Vec<u8> = EXIT_CODES.iter().map(|(c, _)| *c).collect();
+        let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
         assert_eq!(codes, [0, 1, 64, 70, 75, 77, 78]);
         let after = Cli::command().get_after_help().unwrap().to_string();
         let page = page();

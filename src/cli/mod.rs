@@ -1,6 +1,7 @@
 //! The command line, defined once: `--help`, the man page and the shell
 //! completions are all generated from this.
 
+pub mod commands;
 pub mod generate;
 
 use std::path::{Path, PathBuf};
@@ -12,8 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "syncgate",
     version,
     about = "Queued, coalescing, privilege-separated mirror sync behind an SSH forced command",
-    after_help = "Exit codes: 0 success, 1 sync failed, 64 usage or request not understood, \
-70 internal error, 75 queue timeout, 77 not permitted, 78 configuration error."
+    after_help = crate::error::Exit::help_text()
 )]
 pub struct Cli {
     /// Configuration file [default: /etc/syncgate/syncgate.toml].

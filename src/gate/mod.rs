@@ -14,16 +14,16 @@ pub mod policy;
 pub mod request;
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
 
-use crate::audit::{Audit, Level, Line};
+use crate::admin::status::{self, TextTo};
+use crate::audit::events::{Client, Decision, Verdict, Via};
+use crate::audit::Audit;
 use crate::config::{Config, KeyConfig};
-use crate::error::{exit, Error, Result};
+use crate::error::{Error, Exit, Result};
 use crate::gate::policy::{Action, KeyPolicy, Verb};
 use crate::gate::request::Refusal;
-use crate::queue::state::Trigger;
-use crate::queue::Requester;
+use crate::queue::state::{Requester, Trigger};
 use crate::sys::progress::say;
 
 /// How much of the client's command the audit line keeps.
@@ -47,42 +47,44 @@ pub fn key_policy(k: &KeyConfig) -> KeyPolicy {
     }
 }
 
-fn decision_line(
-    req: &Requester,
-    key: &str,
-    client: Option<(IpAddr, u16)>,
-    raw: Option<&[u8]>,
-) -> Line {
-    let mut l = Line::new("decision");
-    l.kv("request", &req.request).kv("key", key);
-    match client {
-        Some((ip, port)) => l.kv("client", ip).kv("port", port),
-        None => l.kv("client", "-").kv("port", "-"),
-    };
-    l.kv(
-        "command",
-        match raw {
-            Some(r) => request::escape_for_log(r, LOG_CAP),
-            None => "(none)".into(),
-        },
-    );
-    l
+/// What the decision line says about the request itself.
+struct Asked<'a> {
+    req: &'a Requester,
+    key: &'a str,
+    client: Client,
+    /// The client's command, escaped and capped for the log.
+    command: Option<String>,
 }
 
+impl Asked<'_> {
+    fn decision<'v>(&'v self, verdict: Verdict<'v>) -> Decision<'v> {
+        Decision {
+            request: &self.req.request,
+            key: self.key,
+            client: self.client,
+            command: self.command.as_deref(),
+            verdict,
+        }
+    }
+}
+
+/// Logs the refusal, tells the client, and returns the refusal as an error.
 fn refuse(
     audit: &mut Audit,
-    mut line: Line,
+    asked: &Asked,
     refusal: &Refusal,
     pol: &KeyPolicy,
     help: Option<&str>,
-) -> Result<u8> {
-    line.kv("decision", "refuse").kv("reason", refusal.reason());
-    audit.log(Level::Warning, &line);
+) -> Error {
+    audit.record(&asked.decision(Verdict::Refuse {
+        reason: refusal.reason(),
+    }));
     if let Some(h) = help {
         let _ = std::io::stderr().write_all(h.as_bytes());
     }
+    let not_understood = refusal.exit_code() == Exit::Usage.code();
     if !matches!(refusal, Refusal::NoCommand) {
-        if refusal.exit_code() == exit::USAGE {
+        if not_understood {
             // Not understood: still say, on the same line, what this key may do.
             say(&format!(
                 "refused: {refusal} ({})",
@@ -92,11 +94,15 @@ fn refuse(
             say(&format!("refused: {refusal}"));
         }
     }
-    Ok(refusal.exit_code())
+    Error::Refused(if not_understood {
+        Exit::Usage
+    } else {
+        Exit::NotPermitted
+    })
 }
 
 /// Runs one SSH request. `config` is the path given on the forced command.
-pub fn run(config: &std::path::Path, key: &str) -> Result<u8> {
+pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
     crate::sys::signals::install();
     let raw_os = std::env::var_os("SSH_ORIGINAL_COMMAND");
     let raw = raw_os.as_ref().map(|s| s.as_bytes());
@@ -107,86 +113,71 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<u8> {
         None => format!("key={key} client=-"),
     };
     let req = Requester::new(Trigger::Ssh, who);
+    let asked = Asked {
+        req: &req,
+        key,
+        client,
+        command: raw.map(|r| request::escape_for_log(r, LOG_CAP)),
+    };
 
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
             // Still leave a trace where syslog normally is.
             let mut audit = Audit::open_at("authpriv", std::path::Path::new("/dev/log"));
-            let mut l = decision_line(&req, key, client, raw);
-            l.kv("decision", "error")
-                .kv("reason", "config")
-                .kv("message", e.to_string());
-            audit.log(Level::Error, &l);
+            audit.record(&asked.decision(Verdict::ConfigError {
+                message: &e.to_string(),
+            }));
             say("the mirror's configuration is broken; the administrator has been told (syslog)");
-            return Err(Error::Silent(e.exit_code()));
+            return Err(Error::Reported(e.exit()));
         }
     };
     let mut audit = Audit::open(&cfg.syslog);
-    let line = decision_line(&req, key, client, raw);
 
     let Some(kc) = cfg.keys.get(key) else {
-        let mut line = line;
-        line.kv("decision", "refuse").kv("reason", "unknown-key");
-        audit.log(Level::Error, &line);
+        audit.record(&asked.decision(Verdict::UnknownKey));
         say(&format!(
             "refused: key {key:?} is not configured on this mirror (ask its administrator)"
         ));
-        return Ok(exit::NOT_PERMITTED);
+        return Err(Error::Refused(Exit::NotPermitted));
     };
     let pol = key_policy(kc);
 
     let parsed = match request::parse(raw) {
         Ok(r) => r,
         Err(Refusal::NoCommand) => {
-            return refuse(
+            let help = policy::help_text(&pol);
+            return Err(refuse(
                 &mut audit,
-                line,
+                &asked,
                 &Refusal::NoCommand,
                 &pol,
-                Some(&policy::help_text(&pol)),
-            );
+                Some(&help),
+            ));
         }
-        Err(r) => return refuse(&mut audit, line, &r, &pol, None),
+        Err(r) => return Err(refuse(&mut audit, &asked, &r, &pol, None)),
     };
-    let action = match policy::authorize(&parsed, &pol, client.map(|c| c.0)) {
-        Ok(a) => a,
-        Err(r) => return refuse(&mut audit, line, &r, &pol, None),
-    };
-
-    let mut line = line;
-    line.kv("decision", "allow")
-        .kv("reason", "ok")
-        .kv("action", parsed.canonical());
-    audit.log(Level::Notice, &line);
+    let action = policy::authorize(&parsed, &pol, client.map(|c| c.0))
+        .map_err(|r| refuse(&mut audit, &asked, &r, &pol, None))?;
+    audit.record(&asked.decision(Verdict::Allow {
+        action: &parsed.canonical(),
+    }));
 
     match action {
         Action::Help => {
             let _ = std::io::stderr().write_all(policy::help_text(&pol).as_bytes());
-            Ok(exit::OK)
+            Ok(())
         }
         Action::Status { mirror, json } => {
             let names = match mirror {
                 Some(m) => vec![m],
                 None => pol.mirrors.clone(),
             };
-            let sd = crate::queue::statedir::StateDir::open(&cfg.state_dir)?;
-            let doc = crate::admin::status::collect(&cfg, &sd, &names)?;
-            if json {
-                let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
-                s.push('\n');
-                let _ = std::io::stdout().write_all(s.as_bytes());
-            } else {
-                let _ = std::io::stderr().write_all(crate::admin::status::render(&doc).as_bytes());
-            }
-            Ok(exit::OK)
+            status::show(&cfg, &names, json, TextTo::Stderr)
         }
         Action::Sync { mirrors } => {
-            let mut extra = vec![("key", key.to_string())];
-            if let Some((ip, port)) = client {
-                extra.push(("client", format!("{ip}:{port}")));
-            }
-            crate::runner::sync::sync(&cfg, &mirrors, &req, &extra, &mut audit)
+            let via = Via { key, client };
+            crate::runner::sync::sync(&cfg, &mirrors, &req, Some(via), &mut audit)
         }
     }
 }

@@ -55,9 +55,9 @@ use std::net::IpAddr;
 pub const MAX_COMMAND_LEN: usize = 256;
 
 /// Exit status for "not understood" refusals (`EX_USAGE`).
-pub const EXIT_USAGE: u8 = crate::error::exit::USAGE;
+pub const EXIT_USAGE: u8 = crate::error::Exit::Usage.code();
 /// Exit status for "not permitted" refusals (`EX_NOPERM`).
-pub const EXIT_NOPERM: u8 = crate::error::exit::NOT_PERMITTED;
+pub const EXIT_NOPERM: u8 = crate::error::Exit::NotPermitted.code();
 
 /// At most this many characters of a client word are quoted in a refusal.
 const QUOTE_CAP: usize = 32;

@@ -1,51 +1,33 @@
 //! The per-mirror queue and request coalescing.
 //!
 //! A request notes `last_started` when it arrives, then blocks on the
-//! mirror's kernel lock. Holding the lock, it is satisfied by the first
-//! *finished* run whose id is greater than what it noted (that run started
-//! after the request arrived); its result is that run's result. If there is
-//! none, it runs the sync itself. So a burst of requests that arrive while a
-//! sync runs is served by exactly one further run.
+//! mirror's kernel lock ([`lock`]). Holding the lock, it is satisfied by the
+//! first *finished* run whose id is greater than what it noted (that run
+//! started after the request arrived); its result is that run's result. If
+//! there is none, it runs the sync itself. So a burst of requests that
+//! arrive while a sync runs is served by exactly one further run.
 //!
 //! A run that was in progress when its process vanished (kill -9) is found
 //! by the next lock holder, recorded as `died`, and never counts as a
 //! success or as covering anyone.
+//!
+//! The queue does not know how a run is done: [`serve`] is handed the run
+//! as a closure that returns its [`Outcome`].
 
+pub mod lock;
 pub mod state;
 pub mod statedir;
 
-use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::audit::{Audit, Level, Line};
+use crate::audit::events::{RunDied, RunStart, StateCorrupt};
+use crate::audit::Audit;
 use crate::config::{Config, Mirror};
 use crate::error::{Error, Result};
-use crate::queue::state::{now, MirrorState, RunRecord, RunResult, Running, Trigger};
+use crate::queue::lock::LockFile;
+use crate::queue::state::{MirrorState, Outcome, Requester, RunRecord, RunResult, Running};
 use crate::queue::statedir::StateDir;
-use crate::sys::progress::{human_secs, say};
-
-/// Who asked, for state, status and the audit trail.
-#[derive(Debug, Clone)]
-pub struct Requester {
-    pub trigger: Trigger,
-    /// Unique id of this request, e.g. `r1732185600-4242`.
-    pub request: String,
-    /// `user=root`, or `key=jenkins client=192.0.2.7:51234`.
-    pub who: String,
-}
-
-impl Requester {
-    pub fn new(trigger: Trigger, who: String) -> Requester {
-        Requester {
-            trigger,
-            request: format!("r{}-{}", now(), std::process::id()),
-            who,
-        }
-    }
-}
+use crate::sys::progress::say;
 
 /// How a request was served.
 #[derive(Debug, Clone)]
@@ -56,160 +38,26 @@ pub struct Served {
     pub waited: u64,
 }
 
-/// Waits for the mirror lock: heartbeat, queue timeout, and leaving the
-/// queue when the caller disconnects or a signal arrives.
-fn acquire(
-    cfg: &Config,
-    mirror: &Mirror,
-    file: File,
-    st: &MirrorState,
-    audit: &mut Audit,
-    req: &Requester,
-) -> Result<File> {
-    let file = match file.try_lock() {
-        Ok(()) => return Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => file,
-        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("cannot lock the mirror", e)),
-    };
-    let behind = |st: &MirrorState| match &st.running {
-        Some(r) => format!(
-            "run #{} ({}, running for {})",
-            r.run,
-            r.trigger,
-            human_secs(now().saturating_sub(r.started))
-        ),
-        None => "another request".to_string(),
-    };
-    say(&format!("{}: queued behind {}", mirror.name, behind(st)));
-
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel();
-    {
-        let cancelled = cancelled.clone();
-        std::thread::spawn(move || {
-            let r = file.lock().map(|()| file);
-            if let Ok(f) = &r {
-                if cancelled.load(Ordering::SeqCst) {
-                    let _ = f.unlock();
-                    return;
-                }
-            }
-            let _ = tx.send(r);
-        });
-    }
-    let start = Instant::now();
-    let limit = Duration::from_secs(mirror.queue_timeout);
-    let beat = Duration::from_secs(cfg.heartbeat);
-    let mut next_beat = start + beat;
-    let leave = |why: &str, audit: &mut Audit| {
-        cancelled.store(true, Ordering::SeqCst);
-        let mut l = Line::new("abandoned");
-        l.kv("request", &req.request)
-            .kv("mirror", &mirror.name)
-            .kv("queue_wait", start.elapsed().as_secs())
-            .kv("reason", why);
-        audit.log(Level::Warning, &l);
-    };
-    loop {
-        let got = match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok(Ok(f)) => Some(f),
-            Ok(Err(e)) => return Err(Error::io("cannot lock the mirror", e)),
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(Error::Internal("lock waiter vanished".into()))
-            }
-            Err(RecvTimeoutError::Timeout) => None,
-        };
-        // Also checked when the lock has just arrived: a caller that left
-        // while queued must not start a run (or be coalesced) just because
-        // its turn came before the next poll. Dropping the lock releases it.
-        if crate::sys::progress::caller_gone() {
-            leave("client-disconnected", audit);
-            return Err(Error::Abandoned("client disconnected while queued".into()));
-        }
-        if crate::sys::signals::terminate_requested() || crate::sys::signals::hangup_received() {
-            leave("signal", audit);
-            return Err(Error::Abandoned("stopped by a signal while queued".into()));
-        }
-        if let Some(f) = got {
-            return Ok(f);
-        }
-        let waited = start.elapsed();
-        if waited >= limit {
-            leave("queue-timeout", audit);
-            return Err(Error::QueueTimeout {
-                mirror: mirror.name.clone(),
-                waited: waited.as_secs(),
-                limit: mirror.queue_timeout,
-            });
-        }
-        if Instant::now() >= next_beat {
-            next_beat += beat;
-            let st = MirrorState::load_quiet(&mirror.name, cfg);
-            say(&format!(
-                "{}: still queued behind {}; waited {}",
-                mirror.name,
-                behind(&st),
-                human_secs(waited.as_secs())
-            ));
-        }
-    }
-}
-
 /// Serves one request for one mirror: queue, coalesce or run, record.
+/// `run` does the sync; it gets the run id.
 pub fn serve(
     cfg: &Config,
     sd: &StateDir,
     mirror: &Mirror,
     req: &Requester,
     audit: &mut Audit,
+    run: impl FnOnce(u64) -> Outcome,
 ) -> Result<Served> {
     let name = &mirror.name;
-    let lock = sd.lock_file(name)?;
+    let lock = LockFile::open(sd, name)?;
     let arrived = Instant::now();
     let at_arrival = MirrorState::load(sd, name)?.state;
     let arrival = at_arrival.last_started;
 
-    let lock = acquire(cfg, mirror, lock, &at_arrival, audit, req)?;
+    let lock = lock.acquire(cfg, mirror, &at_arrival, audit, req)?;
     let waited = arrived.elapsed().as_secs();
 
-    let loaded = MirrorState::load(sd, name)?;
-    let mut st = loaded.state;
-    if let Some(w) = loaded.warning {
-        say(&format!("warning: {w}"));
-        let mut l = Line::new("state-corrupt");
-        l.kv("mirror", name).kv("detail", &w);
-        audit.log(Level::Warning, &l);
-    }
-    if let Some(dead) = st.running.take() {
-        let msg = format!(
-            "run #{} (pid {}, {} by {}) died without recording a result",
-            dead.run, dead.pid, dead.trigger, dead.requester
-        );
-        say(&format!("{name}: {msg}"));
-        let mut l = Line::new("run-died");
-        l.kv("mirror", name)
-            .kv("run", dead.run)
-            .kv("pid", dead.pid)
-            .kv("request", &dead.request);
-        audit.log(Level::Warning, &l);
-        st.push(RunRecord {
-            run: dead.run,
-            trigger: dead.trigger,
-            request: dead.request,
-            requester: dead.requester,
-            started: dead.started,
-            ended: now(),
-            result: RunResult::Died,
-            exit_code: crate::error::exit::SYNC_FAILED,
-            rsync_exit: None,
-            message: msg,
-            bytes: 0,
-            files: 0,
-            deleted: 0,
-            served: 0,
-        });
-        st.save(sd, name)?;
-    }
+    let mut st = load_and_recover(sd, name, audit)?;
 
     if let Some(i) = st.covering_run(arrival) {
         st.runs[i].served += 1;
@@ -223,43 +71,26 @@ pub fn serve(
         });
     }
 
-    let run = st.last_started + 1;
-    let started = now();
-    st.last_started = run;
-    st.running = Some(Running {
-        run,
+    let running = Running {
+        run: st.last_started + 1,
         pid: std::process::id(),
         trigger: req.trigger,
         request: req.request.clone(),
         requester: req.who.clone(),
-        started,
-    });
-    st.save(sd, name)?;
-    let mut l = Line::new("run-start");
-    l.kv("mirror", name)
-        .kv("run", run)
-        .kv("request", &req.request)
-        .kv("trigger", req.trigger);
-    audit.log(Level::Info, &l);
-    say(&format!("{name}: run #{run} started"));
-
-    let outcome = crate::runner::execute(cfg, mirror, run);
-    let record = RunRecord {
-        run,
-        trigger: req.trigger,
-        request: req.request.clone(),
-        requester: req.who.clone(),
-        started,
-        ended: now(),
-        result: outcome.result,
-        exit_code: outcome.exit_code,
-        rsync_exit: outcome.rsync_exit,
-        message: outcome.message,
-        bytes: outcome.bytes,
-        files: outcome.files,
-        deleted: outcome.deleted,
-        served: 1,
+        started: state::now(),
     };
+    let id = running.run;
+    st.last_started = id;
+    st.running = Some(running.clone());
+    st.save(sd, name)?;
+    audit.record(&RunStart {
+        mirror: name,
+        run: id,
+        req,
+    });
+    say(&format!("{name}: run #{id} started"));
+
+    let record = RunRecord::finish(running, run(id), 1);
     st.running = None;
     st.push(record.clone());
     if let Err(e) = st.save(sd, name) {
@@ -267,7 +98,7 @@ pub fn serve(
         // records it as died: it never counts as a success. Say what
         // happened to the sync itself, and fail the request.
         return Err(Error::Internal(format!(
-            "run #{run} ended ({}) but its result could not be recorded: {e}; the next request records it as died",
+            "run #{id} ended ({}) but its result could not be recorded: {e}; the next request records it as died",
             record.result.as_str()
         )));
     }
@@ -279,12 +110,34 @@ pub fn serve(
     })
 }
 
-impl MirrorState {
-    /// Best-effort read for progress messages.
-    fn load_quiet(name: &str, cfg: &Config) -> MirrorState {
-        StateDir::open(&cfg.state_dir)
-            .and_then(|sd| MirrorState::load(&sd, name))
-            .map(|l| l.state)
-            .unwrap_or_default()
+/// Reads the state as the lock holder: a corrupt file is reported and
+/// replaced, a run whose process vanished is recorded as died.
+fn load_and_recover(sd: &StateDir, name: &str, audit: &mut Audit) -> Result<MirrorState> {
+    let loaded = MirrorState::load(sd, name)?;
+    let mut st = loaded.state;
+    if let Some(w) = loaded.warning {
+        say(&format!("warning: {w}"));
+        audit.record(&StateCorrupt {
+            mirror: name,
+            detail: &w,
+        });
     }
+    if let Some(dead) = st.running.take() {
+        let msg = format!(
+            "run #{} (pid {}, {} by {}) died without recording a result",
+            dead.run, dead.pid, dead.trigger, dead.requester
+        );
+        say(&format!("{name}: {msg}"));
+        audit.record(&RunDied {
+            mirror: name,
+            dead: &dead,
+        });
+        st.push(RunRecord::finish(
+            dead,
+            Outcome::failed(RunResult::Died, msg, None),
+            0,
+        ));
+        st.save(sd, name)?;
+    }
+    Ok(st)
 }

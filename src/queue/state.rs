@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Exit;
 use crate::queue::statedir::StateDir;
 
 /// How many finished runs are kept.
@@ -19,11 +20,17 @@ pub enum Trigger {
 
 impl std::fmt::Display for Trigger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Trigger {
+    pub fn as_str(&self) -> &'static str {
+        match self {
             Trigger::Cli => "cli",
             Trigger::Ssh => "ssh",
             Trigger::Timer => "timer",
-        })
+        }
     }
 }
 
@@ -52,6 +59,34 @@ impl RunResult {
     }
 }
 
+/// Who asked, for state, status and the audit trail.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub trigger: Trigger,
+    /// Unique id of this request, e.g. `r1732185600-4242`.
+    pub request: String,
+    /// `user=root`, or `key=jenkins client=192.0.2.7:51234`.
+    pub who: String,
+}
+
+impl Requester {
+    pub fn new(trigger: Trigger, who: String) -> Requester {
+        Requester {
+            trigger,
+            request: format!("r{}-{}", now(), std::process::id()),
+            who,
+        }
+    }
+
+    /// The same requester asking for one of several mirrors: its own id.
+    pub fn for_mirror(&self, mirror: &str) -> Requester {
+        Requester {
+            request: format!("{}.{mirror}", self.request),
+            ..self.clone()
+        }
+    }
+}
+
 /// The run in progress, written before rsync starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Running {
@@ -63,6 +98,58 @@ pub struct Running {
     pub started: u64,
 }
 
+/// How one run ended: what the runner hands back to the queue, which
+/// records it in a [`RunRecord`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub result: RunResult,
+    /// syncgate's exit code for the requests this run served.
+    pub exit_code: Exit,
+    /// rsync's own exit code of the stage that decided the result, if rsync ran.
+    pub rsync_exit: Option<i32>,
+    pub message: String,
+    pub bytes: u64,
+    pub files: u64,
+    pub deleted: u64,
+}
+
+impl Outcome {
+    /// A run that succeeded.
+    pub fn success(
+        message: String,
+        rsync_exit: Option<i32>,
+        bytes: u64,
+        files: u64,
+        deleted: u64,
+    ) -> Outcome {
+        Outcome {
+            result: RunResult::Success,
+            exit_code: Exit::Ok,
+            rsync_exit,
+            message,
+            bytes,
+            files,
+            deleted,
+        }
+    }
+
+    /// A run that did not succeed (`result` is not `Success`).
+    pub fn failed(result: RunResult, message: String, rsync_exit: Option<i32>) -> Outcome {
+        Outcome {
+            result,
+            exit_code: Exit::SyncFailed,
+            rsync_exit,
+            message,
+            bytes: 0,
+            files: 0,
+            deleted: 0,
+        }
+    }
+}
+
+/// A finished run: the [`Running`] entry it was, when it ended, its
+/// [`Outcome`] (flattened: the state file keeps one flat object per run),
+/// and how many requests it served.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run: u64,
@@ -71,17 +158,34 @@ pub struct RunRecord {
     pub requester: String,
     pub started: u64,
     pub ended: u64,
-    pub result: RunResult,
-    /// syncgate's exit code for the requests this run served.
-    pub exit_code: u8,
-    /// rsync's own exit code of the stage that decided the result, if rsync ran.
-    pub rsync_exit: Option<i32>,
-    pub message: String,
-    pub bytes: u64,
-    pub files: u64,
-    pub deleted: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
     /// Requests that got this run's result (the one that ran it included).
     pub served: u64,
+}
+
+impl RunRecord {
+    /// Records how `running` ended, now.
+    pub fn finish(running: Running, outcome: Outcome, served: u64) -> RunRecord {
+        RunRecord {
+            run: running.run,
+            trigger: running.trigger,
+            request: running.request,
+            requester: running.requester,
+            started: running.started,
+            ended: now(),
+            outcome,
+            served,
+        }
+    }
+}
+
+/// A record reads as its outcome: `record.result`, `record.message`, ...
+impl std::ops::Deref for RunRecord {
+    type Target = Outcome;
+    fn deref(&self) -> &Outcome {
+        &self.outcome
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -177,15 +281,75 @@ mod tests {
             requester: String::new(),
             started: 0,
             ended: 0,
-            result,
-            exit_code: 0,
-            rsync_exit: None,
-            message: String::new(),
-            bytes: 0,
-            files: 0,
-            deleted: 0,
+            outcome: Outcome {
+                exit_code: if result == RunResult::Success {
+                    Exit::Ok
+                } else {
+                    Exit::SyncFailed
+                },
+                ..Outcome::failed(result, String::new(), None)
+            },
             served: 1,
         }
+    }
+
+    /// A state file as syncgate wrote it before `RunRecord` embedded
+    /// `Outcome`: it still reads, and writes back byte for byte.
+    #[test]
+    fn the_state_file_format_is_unchanged() {
+        let old = r#"{
+  "version": 0,
+  "last_started": 3,
+  "running": {
+    "run": 3,
+    "pid": 4242,
+    "trigger": "ssh",
+    "request": "r1795255600-4242",
+    "requester": "key=jenkins client=192.0.2.7:51234",
+    "started": 1795255600
+  },
+  "runs": [
+    {
+      "run": 1,
+      "trigger": "timer",
+      "request": "r1795255501-4241",
+      "requester": "user=syncgate uid=998",
+      "started": 1795255501,
+      "ended": 1795255543,
+      "result": "success",
+      "exit_code": 0,
+      "rsync_exit": 0,
+      "message": "2 files changed",
+      "bytes": 734003200,
+      "files": 3,
+      "deleted": 1,
+      "served": 2
+    },
+    {
+      "run": 2,
+      "trigger": "cli",
+      "request": "r1795255550-4243",
+      "requester": "user=root uid=0",
+      "started": 1795255550,
+      "ended": 1795255560,
+      "result": "failed",
+      "exit_code": 1,
+      "rsync_exit": null,
+      "message": "transfer exited 1 without a report",
+      "bytes": 0,
+      "files": 0,
+      "deleted": 0,
+      "served": 1
+    }
+  ],
+  "last_success": 1795255543
+}"#;
+        let st: MirrorState = serde_json::from_str(old).unwrap();
+        assert_eq!(st.runs[0].result, RunResult::Success);
+        assert_eq!(st.runs[0].exit_code, Exit::Ok);
+        assert_eq!(st.runs[1].exit_code, Exit::SyncFailed);
+        assert_eq!(st.runs[1].rsync_exit, None);
+        assert_eq!(serde_json::to_string_pretty(&st).unwrap(), old);
     }
 
     #[test]

@@ -1,14 +1,12 @@
-//! The state directory: per-mirror lock files and state files.
+//! The state directory: where the per-mirror lock files
+//! ([`crate::queue::lock`]) and state files live.
 //!
-//! Lock files are never unlinked (unlinking a lock file lets two processes
-//! lock two different inodes). They are opened without following symlinks,
-//! and one that is not a plain file owned by the state directory's owner is
-//! refused. When root creates a file here it hands it to that owner, so the
-//! login account and an admin running syncgate as root share one queue.
+//! When root creates a file here it hands it to the directory's owner, so
+//! the login account and an admin running syncgate as root share one queue.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -56,10 +54,6 @@ impl StateDir {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn lock_path(&self, mirror: &str) -> PathBuf {
         self.path.join(format!("{mirror}.lock"))
     }
@@ -68,61 +62,13 @@ impl StateDir {
         self.path.join(format!("{mirror}.state.json"))
     }
 
-    /// Opens the mirror's lock file, creating it if needed.
-    pub fn lock_file(&self, mirror: &str) -> Result<File> {
-        let path = self.lock_path(mirror);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o640)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NOCTTY)
-            .open(&path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(nix::libc::ELOOP) {
-                    Error::UnsafeLock {
-                        path: path.clone(),
-                        why: "is a symlink; refusing to follow it".into(),
-                    }
-                } else {
-                    Error::io(format!("cannot open lock file {}", path.display()), e)
-                }
-            })?;
-        let md = file
-            .metadata()
-            .context(|| format!("lock file {}", path.display()))?;
-        if !md.file_type().is_file() {
-            return Err(Error::UnsafeLock {
-                path,
-                why: "is not a regular file".into(),
-            });
-        }
-        self.adopt(&file, &path)?;
-        let md = file
-            .metadata()
-            .context(|| format!("lock file {}", path.display()))?;
-        if md.uid() != self.uid {
-            return Err(Error::UnsafeLock {
-                path,
-                why: format!(
-                    "is owned by uid {}, expected uid {} (the owner of the state directory)",
-                    md.uid(),
-                    self.uid
-                ),
-            });
-        }
-        if md.nlink() != 1 {
-            return Err(Error::UnsafeLock {
-                path,
-                why: format!("has {} hard links, expected 1", md.nlink()),
-            });
-        }
-        Ok(file)
+    /// The uid that owns the state directory (and so every file in it).
+    pub(super) fn owner_uid(&self) -> u32 {
+        self.uid
     }
 
     /// Gives a file we created to the state directory's owner when we run as root.
-    fn adopt(&self, file: &File, path: &Path) -> Result<()> {
+    pub(super) fn adopt(&self, file: &File, path: &Path) -> Result<()> {
         let md = file.metadata().context(|| path.display().to_string())?;
         if nix::unistd::geteuid().is_root()
             && (md.uid() != self.uid || md.gid() != self.gid)

@@ -8,40 +8,14 @@ pub mod sync;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Mirror, Privilege};
-use crate::error::exit;
 use crate::owner::{FixPermsReport, TransferReport};
-use crate::queue::state::RunResult;
+use crate::queue::state::{Outcome, RunResult};
 use crate::runner::argv::OwnerVerb;
 use crate::sys::child::{self, Ending, Stream, Watcher};
 use crate::sys::progress::{human_secs, say};
 
 /// Time an owner-side command gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub result: RunResult,
-    pub exit_code: u8,
-    pub rsync_exit: Option<i32>,
-    pub message: String,
-    pub bytes: u64,
-    pub files: u64,
-    pub deleted: u64,
-}
-
-impl Outcome {
-    fn failed(result: RunResult, message: String, rsync_exit: Option<i32>) -> Outcome {
-        Outcome {
-            result,
-            exit_code: exit::SYNC_FAILED,
-            rsync_exit,
-            message,
-            bytes: 0,
-            files: 0,
-            deleted: 0,
-        }
-    }
-}
 
 struct GateWatch<'a> {
     mirror: &'a str,
@@ -202,13 +176,5 @@ pub fn execute(cfg: &Config, m: &Mirror, run: u64) -> Outcome {
         }
         format!("{}; permissions: {}", t.message, f.message)
     };
-    Outcome {
-        result: RunResult::Success,
-        exit_code: exit::OK,
-        rsync_exit: t.rsync_exit,
-        message,
-        bytes,
-        files,
-        deleted,
-    }
+    Outcome::success(message, t.rsync_exit, bytes, files, deleted)
 }

@@ -1,0 +1,162 @@
+//! One function per command. Each returns `Result<()>`: a refusal, a failed
+//! sync or a problem `check` found is an [`Error`] that carries its exit
+//! code, and [`crate::run`] turns every error into the exit status.
+
+use std::path::Path;
+
+use crate::admin::status::{self, TextTo};
+use crate::admin::{check, sudoers};
+use crate::audit::events::Request;
+use crate::audit::Audit;
+use crate::cli::{generate, Cli, CliTrigger, Command};
+use crate::config::Config;
+use crate::error::{Error, Exit, Result};
+use crate::gate::policy;
+use crate::queue::state::{Requester, Trigger};
+use crate::sys::{progress, signals};
+
+/// Runs the command the command line names.
+pub fn dispatch(cli: &Cli) -> Result<()> {
+    let config = cli.config_path();
+    match &cli.command {
+        Command::Ssh { key } => crate::gate::run(config, key),
+        Command::Generate { what } => generate::run(*what),
+        Command::AuthorizedKey {
+            key,
+            from,
+            pubkey_file,
+        } => cmd_authorized_key(cli, key, from, pubkey_file),
+        Command::Sync {
+            mirrors,
+            all,
+            trigger,
+        } => cmd_sync(config, mirrors, *all, *trigger),
+        Command::Status { mirror, json } => cmd_status(config, mirror.as_deref(), *json),
+        Command::Sudoers { install } => cmd_sudoers(config, *install),
+        Command::Check => cmd_check(config),
+        Command::Transfer { mirror } => cmd_transfer(config, mirror),
+        Command::FixPerms { mirror } => cmd_fix_perms(config, mirror),
+    }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+/// The owner side's one JSON line for the gate. If the gate is already gone
+/// there is nobody to tell; that is not an error of the work just done.
+/// A report that is not `ok` is a failed sync, already reported.
+fn print_report<T: serde::Serialize>(report: &T, ok: bool) -> Result<()> {
+    let mut line = serde_json::to_string(report).expect("report serializes");
+    line.push('\n');
+    out(&line);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::SyncFailed(Exit::SyncFailed))
+    }
+}
+
+fn who_am_i() -> String {
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "?".into());
+    format!("user={name} uid={uid}")
+}
+
+/// `syncgate authorized-key`.
+fn cmd_authorized_key(cli: &Cli, key: &str, from: &[String], pubkey_file: &Path) -> Result<()> {
+    let mut nets = Vec::new();
+    for f in from {
+        nets.push(
+            f.parse::<policy::Cidr>()
+                .map_err(|e| Error::Usage(format!("--from {f:?}: {e}")))?,
+        );
+    }
+    let pubkey = std::fs::read_to_string(pubkey_file)
+        .map_err(|e| Error::Usage(format!("{}: {e}", pubkey_file.display())))?;
+    let binary = Config::load(cli.config_path())
+        .map(|c| c.binary)
+        .unwrap_or_else(|_| std::path::PathBuf::from("/usr/bin/syncgate"));
+    let line =
+        crate::gate::authorized_key_line(&binary, cli.config.as_deref(), key, &nets, &pubkey)?;
+    out(&format!("{line}\n"));
+    Ok(())
+}
+
+/// `syncgate sync`: a local request (command line or timer).
+fn cmd_sync(config: &Path, mirrors: &[String], all: bool, trigger: CliTrigger) -> Result<()> {
+    let cfg = Config::load(config)?;
+    signals::install();
+    let mirrors = if all {
+        cfg.mirror_names()
+    } else {
+        mirrors.to_vec()
+    };
+    let trigger = match trigger {
+        CliTrigger::Cli => Trigger::Cli,
+        CliTrigger::Timer => Trigger::Timer,
+    };
+    let req = Requester::new(trigger, who_am_i());
+    let mut audit = Audit::open(&cfg.syslog);
+    audit.record(&Request {
+        req: &req,
+        mirrors: &mirrors,
+    });
+    crate::runner::sync::sync(&cfg, &mirrors, &req, None, &mut audit)
+}
+
+/// `syncgate status`.
+fn cmd_status(config: &Path, mirror: Option<&str>, json: bool) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let names = match mirror {
+        Some(m) => vec![cfg.mirror(m)?.name.clone()],
+        None => cfg.mirror_names(),
+    };
+    status::show(&cfg, &names, json, TextTo::Stdout)
+}
+
+/// `syncgate sudoers [--install]`.
+fn cmd_sudoers(config: &Path, install: bool) -> Result<()> {
+    let cfg = Config::load(config)?;
+    if install {
+        sudoers::install(&cfg, Path::new(sudoers::INSTALL_PATH))?;
+        progress::say(&format!(
+            "installed {} (validated by visudo)",
+            sudoers::INSTALL_PATH
+        ));
+    } else {
+        out(&sudoers::render(&cfg)?);
+    }
+    Ok(())
+}
+
+/// `syncgate check`: the findings on stdout; any problem is exit 1.
+fn cmd_check(config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let report = check::check(&cfg);
+    out(&report.render());
+    match report.exit() {
+        Exit::Ok => Ok(()),
+        code => Err(Error::Reported(code)),
+    }
+}
+
+/// `syncgate transfer MIRROR` (owner side).
+fn cmd_transfer(config: &Path, mirror: &str) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let report = crate::owner::transfer(&cfg, mirror)?;
+    print_report(&report, report.ok)
+}
+
+/// `syncgate fix-perms MIRROR` (owner side).
+fn cmd_fix_perms(config: &Path, mirror: &str) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let report = crate::owner::fix_perms(&cfg, mirror)?;
+    print_report(&report, report.ok)
+}
