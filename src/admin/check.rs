@@ -258,7 +258,11 @@ fn check_key_files(login: &str, uid: u32, home: &Path, r: &mut Report) {
                     md.uid(),
                     md.mode() & 0o7777
                 ),
-                format!("chown root:root {0} && chmod 0755 {0}", p.display()),
+                format!(
+                    "chown root:root {0} && chmod {1} {0}",
+                    p.display(),
+                    if md.is_dir() { "0755" } else { "0644" }
+                ),
             ),
             Ok(md) => r.fail(
                 format!(
