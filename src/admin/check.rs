@@ -5,14 +5,18 @@
 //! account, with `sudo -n -l -u OWNER <argv>` for the exact argv from
 //! [`crate::runner::argv`], and a set of variants that must be refused.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::admin::sudo_grants;
 use crate::config::{Config, Privilege};
 use crate::error::Exit;
 use crate::runner::argv::{self, OwnerVerb};
 use crate::sys::child::SAFE_PATH;
+
+pub use crate::admin::keys::{key_line_problem, key_options};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -141,91 +145,6 @@ fn check_config_file(cfg: &Config, r: &mut Report) {
     }
 }
 
-/// Splits an authorized_keys line into its options (none when the line
-/// starts with the key type) the way sshd reads them: the options field ends
-/// at the first blank outside double quotes, options are separated by
-/// commas outside double quotes, and `\"` inside quotes is a literal quote.
-/// Returns (lowercased name, unquoted value) pairs.
-pub fn key_options(line: &str) -> Vec<(String, Option<String>)> {
-    const KEY_TYPES: &[&str] = &["ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-"];
-    let line = line.trim_start();
-    if KEY_TYPES.iter().any(|t| line.starts_with(t)) {
-        return Vec::new();
-    }
-    fn finish(
-        name: &mut String,
-        value: &mut Option<String>,
-        out: &mut Vec<(String, Option<String>)>,
-    ) {
-        if !name.is_empty() {
-            out.push((name.to_ascii_lowercase(), value.take()));
-        }
-        name.clear();
-        *value = None;
-    }
-    let mut out = Vec::new();
-    let mut name = String::new();
-    let mut value: Option<String> = None;
-    let mut quoted = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        let literal = match c {
-            '\\' if quoted => match chars.next() {
-                Some('"') => '"',
-                Some(n) => {
-                    value.as_mut().unwrap_or(&mut name).push('\\');
-                    n
-                }
-                None => break,
-            },
-            '"' => {
-                quoted = !quoted;
-                continue;
-            }
-            ',' if !quoted => {
-                finish(&mut name, &mut value, &mut out);
-                continue;
-            }
-            '=' if !quoted && value.is_none() => {
-                value = Some(String::new());
-                continue;
-            }
-            c if c.is_whitespace() && !quoted => break,
-            c => c,
-        };
-        match &mut value {
-            Some(v) => v.push(literal),
-            None => name.push(literal),
-        }
-    }
-    finish(&mut name, &mut value, &mut out);
-    out
-}
-
-/// Why an authorized_keys line of the login account gives its key more than
-/// the gate, if it does: it needs `restrict` and a forced command that runs
-/// `BINARY ... ssh --key NAME`.
-pub fn key_line_problem(line: &str, binary: &Path) -> Option<String> {
-    let opts = key_options(line);
-    let restricted = opts.iter().any(|(n, _)| n == "restrict");
-    let command = opts
-        .iter()
-        .find(|(n, _)| n == "command")
-        .and_then(|(_, v)| v.clone());
-    let bin = format!("{} ", binary.display());
-    let forced = command
-        .as_deref()
-        .is_some_and(|c| c.starts_with(&bin) && c.contains(" ssh --key "));
-    match (restricted, forced) {
-        (true, true) => None,
-        (false, true) => Some("has no `restrict` option".into()),
-        (_, false) => Some(match command {
-            Some(c) => format!("forces {c:?}, which is not `{}... ssh --key NAME`", bin),
-            None => "has no forced command".into(),
-        }),
-    }
-}
-
 fn check_accounts(cfg: &Config, r: &mut Report) {
     let login = &cfg.login_user;
     let Ok(Some(u)) = nix::unistd::User::from_name(login) else {
@@ -257,21 +176,7 @@ fn check_accounts(cfg: &Config, r: &mut Report) {
     }
     let home = u.dir.clone();
     let uid = u.uid.as_raw();
-    for (p, what) in [
-        (home.clone(), "home"),
-        (home.join(".ssh"), ".ssh"),
-        (home.join(".ssh/authorized_keys"), "authorized_keys"),
-    ] {
-        match std::fs::metadata(&p) {
-            Ok(md) if (md.uid() == uid || md.uid() == 0) && mode_ok(&md) => r.ok(format!("{what} {} passes sshd's StrictModes", p.display())),
-            Ok(md) => r.fail(
-                format!("{what} {} (uid {}, mode {:o}) fails sshd's StrictModes: it must be owned by {login} or root and not writable by group or others", p.display(), md.uid(), md.mode() & 0o7777),
-                format!("chown {login} {0} && chmod go-w {0}", p.display()),
-            ),
-            Err(_) if what == "authorized_keys" => r.warn(format!("{} does not exist yet: no key can log in", p.display()), "add a line made by `syncgate authorized-key`"),
-            Err(e) => r.fail(format!("{what} {}: {e}", p.display()), format!("mkdir -p {0} && chown {login} {0} && chmod 0755 {0}", p.display())),
-        }
-    }
+    check_key_files(login, uid, &home, r);
     if let Ok(text) = std::fs::read_to_string(home.join(".ssh/authorized_keys")) {
         for (i, line) in text.lines().enumerate() {
             let l = line.trim();
@@ -337,6 +242,54 @@ fn check_owners(cfg: &Config, r: &mut Report, login: &str, login_gid: u32) {
     }
 }
 
+/// The login account's home, `~/.ssh` and `authorized_keys` must pass
+/// sshd's StrictModes and be root's: an account that owns (or may write)
+/// any of them can swap in a key of its own with no forced command
+/// (`mv .ssh x && mkdir .ssh`), and so get a shell past the gate.
+fn check_key_files(login: &str, uid: u32, home: &Path, r: &mut Report) {
+    for (p, what) in [
+        (home.to_path_buf(), "home"),
+        (home.join(".ssh"), ".ssh"),
+        (home.join(".ssh/authorized_keys"), "authorized_keys"),
+    ] {
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.uid() == 0 && mode_ok(&md) && !md.file_type().is_symlink() => r.ok(format!(
+                "{what} {} is root's and not writable by {login}, group or others",
+                p.display()
+            )),
+            Ok(md) if md.uid() == uid || !mode_ok(&md) || md.file_type().is_symlink() => r.fail(
+                format!(
+                    "{what} {} (uid {}, mode {:o}) can be changed by {login} or others: the account could install a key of its own with no forced command (it must be owned by root and not writable by group or others)",
+                    p.display(),
+                    md.uid(),
+                    md.mode() & 0o7777
+                ),
+                format!(
+                    "chown root:root {0} && chmod {1} {0}",
+                    p.display(),
+                    if md.is_dir() { "0755" } else { "0644" }
+                ),
+            ),
+            Ok(md) => r.fail(
+                format!(
+                    "{what} {} is owned by uid {}, neither root nor {login}: sshd's StrictModes refuses it, and that account could change the keys",
+                    p.display(),
+                    md.uid()
+                ),
+                format!("chown root:root {0} && chmod go-w {0}", p.display()),
+            ),
+            Err(_) if what == "authorized_keys" => r.warn(
+                format!("{} does not exist yet: no key can log in", p.display()),
+                "add a line made by `syncgate authorized-key` (as root)",
+            ),
+            Err(e) => r.fail(
+                format!("{what} {}: {e}", p.display()),
+                format!("install -d -o root -g root -m 0755 {}", p.display()),
+            ),
+        }
+    }
+}
+
 fn check_dirs(cfg: &Config, r: &mut Report) {
     let login_uid = crate::config::lookup_uid(&cfg.login_user);
     match std::fs::symlink_metadata(&cfg.state_dir) {
@@ -377,19 +330,33 @@ fn check_programs(cfg: &Config, r: &mut Report) {
     if cfg.privilege == Privilege::Sudo {
         progs.push((Path::new(argv::SUDO), "sudo"));
     }
+    if cfg
+        .mirrors
+        .values()
+        .any(|m| matches!(m.upstream, crate::config::Upstream::Ssh(_)))
+    {
+        progs.push((Path::new(crate::owner::rsync::argv::SSH), "ssh"));
+    }
     for (p, what) in progs {
         match std::fs::metadata(p) {
             Ok(md) if md.is_file() && md.mode() & 0o111 != 0 => {
-                if cfg.privilege == Privilege::Sudo && (md.uid() != 0 || !mode_ok(&md)) {
-                    r.fail(
+                let untrusted = match cfg.privilege {
+                    Privilege::Sudo => crate::owner::untrusted_path(p),
+                    Privilege::Direct => None,
+                };
+                match untrusted {
+                    Some((bad, why)) => r.fail(
                         format!(
-                            "{what} {} is not root-owned or is writable by others",
-                            p.display()
+                            "{what} {}: {} {why}: whoever can change it runs code as the mirror owner",
+                            p.display(),
+                            bad.display()
                         ),
-                        format!("chown root:root {0} && chmod 0755 {0}", p.display()),
-                    );
-                } else {
-                    r.ok(format!("{what} is present at {}", p.display()));
+                        format!("chown root:root {0} && chmod go-w {0}", bad.display()),
+                    ),
+                    None => r.ok(format!(
+                        "{what} is present at {}, and it and every directory above it are root's",
+                        p.display()
+                    )),
                 }
             }
             _ => r.fail(
@@ -402,10 +369,57 @@ fn check_programs(cfg: &Config, r: &mut Report) {
             ),
         }
     }
+    check_rsync_version(cfg, r);
 }
 
-/// Asks sudo, as the login account, whether it would run `argv` as `owner`.
-fn sudo_allows(cfg: &Config, owner: &str, argv: &[String]) -> Result<bool, String> {
+/// The oldest rsync whose `--safe-links` also refuses chained symlinks
+/// (a link that is safe alone but escapes through another one).
+const RSYNC_SAFE_LINKS: (u32, u32) = (3, 4);
+
+/// `(major, minor)` from `rsync --version`'s first line.
+pub fn rsync_version(text: &str) -> Option<(u32, u32)> {
+    let first = text.lines().next()?;
+    let v = first
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)?;
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let minor = minor.parse().ok()?;
+    Some((major, minor))
+}
+
+fn check_rsync_version(cfg: &Config, r: &mut Report) {
+    let out = Command::new(&cfg.rsync)
+        .arg("--version")
+        .env_clear()
+        .env("PATH", SAFE_PATH)
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    match rsync_version(&text) {
+        Some(v) if v >= RSYNC_SAFE_LINKS => r.ok(format!("rsync is version {}.{}", v.0, v.1)),
+        Some(v) => r.warn(
+            format!(
+                "rsync is version {}.{}, older than {}.{}: its --safe-links lets chained symlinks through stage 1 (fix-perms removes them before stage 2, but they are visible until then)",
+                v.0, v.1, RSYNC_SAFE_LINKS.0, RSYNC_SAFE_LINKS.1
+            ),
+            "install rsync 3.4 or newer",
+        ),
+        None => r.warn(format!("cannot tell the version of {}", cfg.rsync.display()), "check `rsync --version`"),
+    }
+}
+
+/// Runs sudo with `args` as the login account (from root through runuser,
+/// or directly when check runs as that account), in a clean environment
+/// and with wide columns so that `sudo -ll` wraps no line.
+fn sudo_as_login(cfg: &Config, args: &[&str]) -> Result<std::process::Output, String> {
     let me = nix::unistd::getuid();
     let login_uid = crate::config::lookup_uid(&cfg.login_user);
     let mut cmd = if me.is_root() {
@@ -420,12 +434,18 @@ fn sudo_allows(cfg: &Config, owner: &str, argv: &[String]) -> Result<bool, Strin
             cfg.login_user
         ));
     };
-    cmd.args(["-n", "-l", "-u", owner])
-        .args(argv)
+    cmd.args(args)
         .env_clear()
-        .env("PATH", SAFE_PATH);
-    let out = cmd.output().map_err(|e| format!("cannot run sudo: {e}"))?;
-    Ok(out.status.success())
+        .env("PATH", SAFE_PATH)
+        .env("COLUMNS", "100000");
+    cmd.output().map_err(|e| format!("cannot run sudo: {e}"))
+}
+
+/// Asks sudo, as the login account, whether it would run `argv` as `owner`.
+fn sudo_allows(cfg: &Config, owner: &str, argv: &[String]) -> Result<bool, String> {
+    let mut args = vec!["-n", "-l", "-u", owner];
+    args.extend(argv.iter().map(String::as_str));
+    Ok(sudo_as_login(cfg, &args)?.status.success())
 }
 
 fn check_sudo(cfg: &Config, r: &mut Report) {
@@ -489,6 +509,50 @@ fn check_sudo(cfg: &Config, r: &mut Report) {
     }
 }
 
+/// Everything sudo grants the login account, against the generated rule.
+fn check_sudo_grants(cfg: &Config, r: &mut Report) {
+    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in cfg.mirrors.values() {
+        for verb in OwnerVerb::ALL {
+            wanted
+                .entry(m.owner.clone())
+                .or_default()
+                .push(argv::owner_command(cfg, m, verb).join(" "));
+        }
+    }
+    let text = match sudo_as_login(cfg, &["-n", "-ll"]) {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => {
+            r.fail(
+                format!(
+                    "sudo -n -ll as {} failed: {}",
+                    cfg.login_user,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                "syncgate sudoers --install",
+            );
+            return;
+        }
+        Err(e) => {
+            r.warn(e, "run check as root");
+            return;
+        }
+    };
+    let problems = sudo_grants::problems(&sudo_grants::parse(&text), &wanted);
+    if problems.is_empty() {
+        r.ok(format!(
+            "sudo grants {} nothing beyond the generated rule (sudo -ll)",
+            cfg.login_user
+        ));
+    }
+    for p in problems {
+        r.fail(
+            format!("sudo grants {} more than syncgate's rule: {p}", cfg.login_user),
+            "remove that rule or Defaults entry from /etc/sudoers and /etc/sudoers.d; install only `syncgate sudoers --install`",
+        );
+    }
+}
+
 pub fn check(cfg: &Config) -> Report {
     let mut r = Report::default();
     r.ok(format!("config {} parses", cfg.path.display()));
@@ -499,6 +563,9 @@ pub fn check(cfg: &Config) -> Report {
     check_dirs(cfg, &mut r);
     check_programs(cfg, &mut r);
     check_sudo(cfg, &mut r);
+    if cfg.privilege == Privilege::Sudo {
+        check_sudo_grants(cfg, &mut r);
+    }
     r
 }
 
@@ -518,39 +585,21 @@ mod tests {
     }
 
     #[test]
-    fn authorized_keys_options_are_read_like_sshd_reads_them() {
-        let bin = Path::new("/usr/bin/syncgate");
-        let good = r#"restrict,from="10.0.0.0/8",command="/usr/bin/syncgate --config /etc/s.toml ssh --key j" ssh-ed25519 AAAA j"#;
-        assert_eq!(key_line_problem(good, bin), None);
-        let opts = key_options(good);
-        assert_eq!(opts[1], ("from".into(), Some("10.0.0.0/8".into())));
+    fn rsync_versions_are_read_from_the_first_line() {
+        let v = "rsync  version 3.5.0  protocol version 32\nCopyright";
+        assert_eq!(rsync_version(v), Some((3, 5)));
         assert_eq!(
-            opts[2].1.as_deref(),
-            Some("/usr/bin/syncgate --config /etc/s.toml ssh --key j")
+            rsync_version("rsync  version 3.2.7  protocol version 31"),
+            Some((3, 2))
         );
-        // No options at all: a shell.
-        assert!(key_line_problem("ssh-ed25519 AAAA j", bin)
-            .unwrap()
-            .contains("no forced command"));
-        // The right words in the comment are not options.
-        let fake = r#"ssh-ed25519 AAAA restrict,command="/usr/bin/syncgate ssh --key j""#;
-        assert!(key_line_problem(fake, bin).is_some());
-        let fake = r#"no-pty ssh-ed25519 AAAA restrict,command="/usr/bin/syncgate ssh --key j""#;
-        assert!(key_line_problem(fake, bin).is_some());
-        // A forced command that is not the gate.
-        let other = r#"restrict,command="/bin/sh -c 'x ssh --key j'" ssh-ed25519 AAAA"#;
-        assert!(key_line_problem(other, bin).unwrap().contains("forces"));
-        // No restrict: forwarding and a pty stay on.
-        let open = r#"command="/usr/bin/syncgate ssh --key j" ssh-ed25519 AAAA"#;
-        assert!(key_line_problem(open, bin).unwrap().contains("restrict"));
-        // "restrict" inside a quoted value is not the option.
-        let quoted = r#"command="/usr/bin/syncgate ssh --key j,restrict" ssh-ed25519 AAAA"#;
-        assert!(key_line_problem(quoted, bin).unwrap().contains("restrict"));
-        // Escaped quotes stay inside the value.
-        let esc = r#"restrict,command="/usr/bin/syncgate \"x\" ssh --key j" ssh-ed25519 AAAA"#;
+        assert_eq!(rsync_version("rsync  version v3.4.1pre1  protocol"), None);
         assert_eq!(
-            key_options(esc)[1].1.as_deref(),
-            Some(r#"/usr/bin/syncgate "x" ssh --key j"#)
+            rsync_version("rsync  version 3.4pre1  protocol"),
+            Some((3, 4))
+        );
+        assert_eq!(rsync_version(""), None);
+        assert!(
+            (3, 2) < RSYNC_SAFE_LINKS && (3, 4) >= RSYNC_SAFE_LINKS && (4, 0) > RSYNC_SAFE_LINKS
         );
     }
 }

@@ -6,6 +6,9 @@ use crate::config::{Config, Mirror, Upstream};
 
 /// rsync's temporary directory inside dest (same filesystem, so renames are
 /// atomic). Emptied at the start of every transfer, except for a first
+/// The ssh client rsync runs for `ssh://` upstreams.
+pub const SSH: &str = "/usr/bin/ssh";
+
 /// sync's staging copy that a later first sync resumes.
 pub const TEMP_DIR: &str = ".syncgate-tmp";
 
@@ -45,7 +48,9 @@ fn with_temp_dir(cfg: &Config, m: &Mirror, temp_dir: bool) -> Vec<String> {
             v.push("--no-motd".into());
         }
         Upstream::Ssh(_) => {
-            v.push("--rsh=/usr/bin/ssh -oBatchMode=yes -oStrictHostKeyChecking=yes".into());
+            v.push(format!(
+                "--rsh={SSH} -oBatchMode=yes -oStrictHostKeyChecking=yes"
+            ));
         }
         Upstream::Local(_) => {}
     }
