@@ -28,8 +28,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use crate::owner::dest::TEMP_DIR;
 use crate::owner::fixperms::MAX_DEPTH;
-use crate::owner::rsync::argv::TEMP_DIR;
 
 /// Whether a first sync with these last patterns can be published by
 /// renames (no pattern contains `**`).

@@ -86,7 +86,7 @@ use nix::sys::stat::{self, FchmodatFlags, FileStat, Mode};
 use nix::unistd::{self, Gid, Uid, UnlinkatFlags};
 
 /// Top-level entry that belongs to rsync's `--temp-dir`; never touched.
-pub const SYNCGATE_TMP: &str = crate::owner::rsync::argv::TEMP_DIR;
+pub use crate::owner::dest::TEMP_DIR as SYNCGATE_TMP;
 /// Name of rsync's `--delay-updates` partial directory; removed anywhere.
 pub const RSYNC_PARTIAL_DIR: &str = ".~tmp~";
 /// Maximum number of repair notes kept in a [`FixReport`] (a final
