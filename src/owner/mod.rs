@@ -1,32 +1,33 @@
 //! The owner side: the commands `transfer` and `fix-perms`. They run as the
 //! image owner (through sudo in production), take only a mirror name, and
 //! read everything else from the config, which must then be root-owned
-//! ([`trust`]).
+//! (`trust.rs`).
 //!
-//! Both hold an exclusive lock on the dest directory itself
-//! ([`dest::DestLock`]). `transfer` passes that lock on to rsync, so it
-//! stays held until the last rsync process is gone: a new transfer never
-//! overlaps a dying one.
+//! Both hold an exclusive lock on the dest directory itself (`DestLock`,
+//! `dest.rs`, which also names syncgate's own directories inside dest).
+//! `transfer` passes that lock on to rsync, so it stays held until the last
+//! rsync process is gone: a new transfer never overlaps a dying one.
 //!
-//! Each prints exactly one JSON line on stdout (its report, [`report`]) and
+//! Each prints exactly one JSON line on stdout (its report, `report.rs`) and
 //! human progress on stderr; the gate reads both through pipes.
 //!
-//! A transfer ([`transfer::Transfer`]) takes one of three routes: a first
-//! sync ([`fresh`], then [`publish`]), or the plan ([`plan`]) and, when it
-//! found something to do, the two stages ([`staged`]). Every rsync it runs
-//! is built in [`rsync::argv`] and run by [`rsync::run`].
+//! A transfer (`Transfer`, `transfer.rs`) takes one of three routes: a first
+//! sync (`fresh.rs`, published by `publish.rs`), or the plan (`plan.rs`) and,
+//! when it found something to do, the two stages (`staged.rs`). Every rsync
+//! it runs is built in [`rsync::argv`] and run by [`rsync::run`]; `lifeline.rs`
+//! notices when the gate is gone.
 
-pub mod dest;
+mod dest;
 pub mod fixperms;
-pub mod fresh;
-pub mod lifeline;
-pub mod plan;
-pub mod publish;
-pub mod report;
+mod fresh;
+mod lifeline;
+mod plan;
+mod publish;
+mod report;
 pub mod rsync;
-pub mod staged;
-pub mod transfer;
-pub mod trust;
+mod staged;
+mod transfer;
+mod trust;
 
 pub use report::{FixPermsReport, Route, TransferReport};
 pub use trust::untrusted_path;

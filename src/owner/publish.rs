@@ -49,7 +49,7 @@ pub fn is_empty(dest: &Path) -> std::io::Result<bool> {
 
 /// Whether an entry called `name` may match one of the rsync patterns
 /// `last`, wherever it is (an over-approximation; see the module docs).
-pub fn may_be_last(name: &OsStr, last: &[String]) -> bool {
+fn may_be_last(name: &OsStr, last: &[String]) -> bool {
     let name = name.as_bytes();
     last.iter().any(|p| {
         let p = p.trim_end_matches('/');

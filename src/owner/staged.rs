@@ -15,7 +15,7 @@ use crate::owner::rsync::{argv, RsyncEnd, Stats};
 use crate::owner::transfer::Transfer;
 
 /// What the plan found.
-pub enum Plan {
+enum Plan {
     /// Nothing to publish or delete.
     Unchanged,
     /// Something (said on stderr); the dry run's stats.
@@ -64,7 +64,7 @@ impl Transfer<'_> {
     }
 
     /// The plan: one dry run, with dest counted meanwhile.
-    pub fn plan(&self) -> Result<Plan> {
+    fn plan(&self) -> Result<Plan> {
         let dest = self.mirror.dest.clone();
         let counter = std::thread::spawn(move || plan::count_tree(&dest));
         let end = self.run_rsync(&argv::rsync_plan(self.cfg, self.mirror))?;
@@ -83,7 +83,7 @@ impl Transfer<'_> {
 
     /// Stage 1 into `report`; whether the transfer goes on (it did not
     /// fail, and what it would delete is within max_delete).
-    pub fn stage1(&self, report: &mut TransferReport) -> Result<bool> {
+    fn stage1(&self, report: &mut TransferReport) -> Result<bool> {
         let m = self.mirror;
         crate::sys::progress::say(&format!(
             "stage 1: all but {} (no deletions)",
@@ -137,7 +137,7 @@ impl Transfer<'_> {
     }
 
     /// Stage 2 (in full), with `pending` deletions, into `report`.
-    pub fn stage2(&self, report: &mut TransferReport, pending: u64) -> Result<()> {
+    fn stage2(&self, report: &mut TransferReport, pending: u64) -> Result<()> {
         crate::sys::progress::say(&format!(
             "stage 2: everything, with delayed updates{}",
             if pending > 0 {

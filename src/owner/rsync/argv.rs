@@ -68,7 +68,7 @@ pub fn rsync_plan(cfg: &Config, m: &Mirror) -> Vec<String> {
 }
 
 /// The first sync into an empty dest: one pass into a private staging
-/// directory (mode 0700 [`TEMP_DIR`]), which is published by renames when
+/// directory (mode 0700 `TEMP_DIR`), which is published by renames when
 /// complete (src/owner/publish.rs). rsync writes its temporary files next to
 /// their targets there, as plain `rsync -a` does. `--delete` only ever acts
 /// inside the staging copy: it clears what an interrupted first sync left

@@ -47,7 +47,7 @@ pub struct RsyncEnd {
 }
 
 impl RsyncEnd {
-    /// "rsync exited 11 (error in file I/O): rsync: [receiver] write failed
+    /// "rsync exited 11 (error in file I/O): rsync: \[receiver\] write failed
     /// on ...: No space left on device (28)", or "rsync was killed by signal
     /// 9 (SIGKILL)": rsync's own code or its death, then the line of its
     /// stderr most likely to name the cause.
@@ -84,7 +84,7 @@ fn first_cause(errors: &[String]) -> Option<&str> {
 
 /// Runs rsync (`argv`) with `HOME=home` in its own process group, passing
 /// it the dest lock, and stops it (SIGTERM, then SIGKILL after
-/// [`RSYNC_GRACE`]) when `cut` is set or a signal asks this process to end.
+/// `RSYNC_GRACE`) when `cut` is set or a signal asks this process to end.
 pub fn run_rsync(
     argv: &[String],
     home: &str,
