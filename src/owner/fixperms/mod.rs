@@ -13,8 +13,11 @@
 //!   removed;
 //! * directories named `.~tmp~` (rsync `--delay-updates` leftovers) are
 //!   removed recursively at any depth;
-//! * the top-level entry `.syncgate-tmp` (rsync `--temp-dir`, managed
-//!   elsewhere) is skipped entirely.
+//! * the top-level entry `.syncgate-tmp` (rsync `--temp-dir`, managed by
+//!   `transfer`) is skipped entirely.
+//!
+//! Both names are defined in `src/owner/dest.rs`. The walk is in
+//! `walk.rs`, its system calls in `at.rs`, the symlink rule in `links.rs`.
 //!
 //! # No symlink is ever followed
 //!
