@@ -30,11 +30,11 @@
 #   50,000 files right after deleting 50,000 makes inode allocation scan
 #   and dominate the run (3 s vs 30 s for the same rsync -a).
 # - Everything runs as the current user (privilege = "direct"), no sudo.
-# - What `syncgate sync` runs (src/owner.rs): into an empty dest, one rsync
+# - What `syncgate sync` runs (src/owner/): into an empty dest, one rsync
 #   pass into a private staging copy (DEST/.syncgate-tmp/fresh), fix-perms on
-#   that copy inside `transfer`, then renames (src/publish.rs); no separate
+#   that copy inside `transfer`, then renames (src/owner/publish.rs); no separate
 #   fix-perms step. Into a dest that holds a mirror, first the plan: one
-#   dry run over everything while dest is counted (src/plan.rs); when it
+#   dry run over everything while dest is counted (src/owner/plan.rs); when it
 #   proves nothing changed, that is all. Otherwise stage 1, the probe,
 #   stage 2 and fix-perms, as before. So a first sync is one rsync pass plus
 #   a fix-perms walk of the new copy, and a no-change sync is one dry run.
@@ -63,8 +63,8 @@ N_BIG=3
 BIG_MIB=64
 GEN_ID="v1 dirs=$N_DIRS files=$N_FILES big=${N_BIG}x${BIG_MIB}MiB"
 
-# Mirrors the defaults of src/config.rs (file_mode, dir_mode, io_timeout,
-# max_delete, last) and src/argv.rs (TEMP_DIR, relative: rsync resolves it
+# Mirrors the defaults of src/config/ (file_mode, dir_mode, io_timeout,
+# max_delete, last) and src/owner/dest.rs (TEMP_DIR, relative: rsync resolves it
 # against dest); the rebuilt argvs are checked against what syncgate really
 # executes (strace), see "the exact rsync argvs" below.
 FILE_MODE=0640
@@ -260,7 +260,7 @@ SG=$(q "$bin")
 SG_SYNC="$SG --config $(q "$CFG") sync bench 2>>$(q "$SG_LOG")"
 RS_COPY="$(q "$RSYNC") -a $(q "$UP/") $(q "$D_RS/") 2>>$(q "$RS_LOG")"
 
-# The rsync argvs of `syncgate transfer` (src/argv.rs: rsync_plan,
+# The rsync argvs of `syncgate transfer` (src/owner/rsync/argv.rs: rsync_plan,
 # rsync_fresh, rsync_stage1, rsync_probe, rsync_stage2), for a given dest.
 stage_argvs() { # stage_argvs DEST: sets PLAN, FRESH, STAGE1, PROBE and STAGE2 (full)
   local dest=$1 l
@@ -355,7 +355,7 @@ say "warming the page cache with the upstream tree"
 find "$UP" -type f -print0 | xargs -0 cat >/dev/null
 
 # stage2_decisions FROM_LINE: which way the runs logged to $SG_LOG after
-# line FROM_LINE went (src/owner.rs progress lines)
+# line FROM_LINE went (src/owner/ progress lines)
 FRESH_MSG='first sync: dest is empty'
 UNCHANGED_MSG='unchanged: the mirror matches upstream'
 S2_FULL_MSG='stage 2: everything'
@@ -734,7 +734,7 @@ cat <<EOF
 - timing: compared commands interleaved round by round, 1 warmup round, median of the rest (cpu = user+sys of the whole process tree); page cache warm; \`sync\` before every first-sync run, each into a never-used dir$(if ((HYPERFINE)); then echo "; no-op gate commands: $(hyperfine --version), 50 runs"; fi)
 - plain rsync: \`rsync -a SRC/ DST/\` (-rlptgoD)
 - syncgate: \`syncgate --config CFG sync bench\`, privilege = "direct". Into an empty dest, \`transfer\` makes one rsync pass into DEST/$TEMP_DIR/fresh (common flags \`-rlpt --safe-links --no-human-readable --stats --chmod=D$DIR_MODE,F$FILE_MODE --group --groupmap=*:$GROUP --timeout=$IO_TIMEOUT --exclude=/$TEMP_DIR/\` + \`--delete\`), runs the fix-perms walker on that copy and publishes it by renames, last files last; no separate fix-perms step. Into a dest that holds a mirror, \`transfer\` first runs the plan (common + \`--temp-dir=$TEMP_DIR --dry-run --itemize-changes --info=name1\`) while counting dest; when nothing is itemized and the counts match, that is the whole sync. Otherwise stage 1 (\`--delete --max-delete=0 --exclude=LAST...\`), the probe, stage 2 and fix-perms follow as before. Routes in the timed runs: first sync $S2_FIRST; no-change $S2_NOOP. Rebuilt argvs: $ARGV_CHECK
-- fix-perms: the walker of src/fixperms.rs (numeric ids, *at calls); it repairs nothing in these runs, since rsync already set modes and group
+- fix-perms: the walker of src/owner/fixperms/ (numeric ids, *at calls); it repairs nothing in these runs, since rsync already set modes and group
 
 | measurement | plain rsync | syncgate | ratio / value | target | result |
 |---|---|---|---|---|---|
@@ -750,7 +750,7 @@ cat <<EOF
 | \`syncgate sync\` no-change: peak RSS of the process tree (rsync's included) | | | $RSS_SYNC KiB | | info |
 EOF
 if ((${#PROF[@]})); then
-  printf '\n### Where the time goes (rsync argvs rebuilt from src/argv.rs, run alone)\n\n'
+  printf '\n### Where the time goes (rsync argvs rebuilt from src/owner/rsync/argv.rs, run alone)\n\n'
   printf '%s\n' "${PROF[@]}"
 fi
 printf '\nLogs: %s (syncgate stderr: %s); raw timings: %s; burst records: %s\n' "$LOGS" "$SG_LOG" "$RES" "$BD"

@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use crate::owner::rsync::argv::TEMP_DIR;
+use crate::owner::dest::TEMP_DIR;
 use crate::owner::rsync::{Kinds, Stats};
 
 /// Deepest directory level [`count_tree`] descends to (as fix-perms).

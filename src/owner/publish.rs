@@ -8,7 +8,8 @@
 //!    `DEST/.syncgate-tmp/last` (a directory that matches goes as a whole);
 //! 2. every top-level entry of the staging copy is renamed into dest: each
 //!    appears complete, in one step, with no last file in it;
-//! 3. the last files are renamed into their places.
+//! 3. the last files are renamed into their places, and the directories
+//!    they were taken from get back the mtimes rsync gave them.
 //!
 //! So a reader sees every checksum file, signature and marker only after
 //! all the rest, as with the two-stage path, and never a partial file. All
@@ -23,13 +24,16 @@
 //! directories, which this cannot bound; a mirror with one takes the
 //! two-stage path for its first sync too ([`handles`]).
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use nix::sys::time::TimeSpec;
+
+use crate::owner::dest::TEMP_DIR;
 use crate::owner::fixperms::MAX_DEPTH;
-use crate::owner::rsync::argv::TEMP_DIR;
 
 /// Whether a first sync with these last patterns can be published by
 /// renames (no pattern contains `**`).
@@ -49,7 +53,7 @@ pub fn is_empty(dest: &Path) -> std::io::Result<bool> {
 
 /// Whether an entry called `name` may match one of the rsync patterns
 /// `last`, wherever it is (an over-approximation; see the module docs).
-pub fn may_be_last(name: &OsStr, last: &[String]) -> bool {
+fn may_be_last(name: &OsStr, last: &[String]) -> bool {
     let name = name.as_bytes();
     last.iter().any(|p| {
         let p = p.trim_end_matches('/');
@@ -208,6 +212,7 @@ pub fn publish(
     last: &[String],
 ) -> Result<Published, String> {
     let held = last_entries(staging, last)?;
+    let parents = parent_mtimes(staging, &held);
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(hold)
@@ -231,10 +236,49 @@ pub fn publish(
         rename_new(&hold.join(i.to_string()), &dest.join(rel))?;
         done.last += 1;
     }
+    for (rel, mtime) in &parents {
+        set_mtime(&dest.join(rel), mtime);
+    }
     for d in [staging, hold] {
         std::fs::remove_dir(d).map_err(|e| format!("cannot remove {}: {e}", d.display()))?;
     }
     Ok(done)
+}
+
+/// The mtimes rsync gave the directories below `staging` that hold
+/// entries of `held` (dest itself excluded: its mtime is the caller's).
+/// Moving an entry out and back in changes its directory's mtime; left so,
+/// the next plan would itemize the directory and a resync with nothing new
+/// upstream would take the two-stage path.
+fn parent_mtimes(staging: &Path, held: &[PathBuf]) -> BTreeMap<PathBuf, TimeSpec> {
+    let mut out = BTreeMap::new();
+    for rel in held {
+        let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            continue;
+        };
+        if out.contains_key(parent) {
+            continue;
+        }
+        if let Ok(md) = std::fs::symlink_metadata(staging.join(parent)) {
+            out.insert(
+                parent.to_path_buf(),
+                TimeSpec::new(md.mtime(), md.mtime_nsec()),
+            );
+        }
+    }
+    out
+}
+
+/// Sets the mtime of `path` without following a symlink (its atime is left
+/// alone); best effort, as for dest's own mtime.
+fn set_mtime(path: &Path, mtime: &TimeSpec) {
+    let _ = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        mtime,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    );
 }
 
 #[cfg(test)]
@@ -335,6 +379,26 @@ mod tests {
         let err = publish(&staging, &hold, &dest, &last).unwrap_err();
         assert!(err.contains("cannot move"), "{err}");
         assert!(dest.join("images/a.iso").exists());
+    }
+
+    #[test]
+    fn directories_keep_the_mtimes_rsync_gave_them() {
+        let t = tempfile::tempdir().unwrap();
+        let (staging, hold, dest) = (t.path().join("s"), t.path().join("h"), t.path().join("d"));
+        fs::create_dir_all(staging.join("images/sub")).unwrap();
+        fs::write(staging.join("images/a.iso"), b"a").unwrap();
+        fs::write(staging.join("images/SHA256SUMS"), b"sums").unwrap();
+        fs::write(staging.join("images/sub/b.json"), b"{}").unwrap();
+        fs::create_dir(&dest).unwrap();
+        let old = TimeSpec::new(1_000_000_000, 123);
+        for d in ["images", "images/sub"] {
+            set_mtime(&staging.join(d), &old);
+        }
+        publish(&staging, &hold, &dest, &pats(&["SHA256SUMS*", "*.json"])).unwrap();
+        for d in ["images", "images/sub"] {
+            let md = fs::symlink_metadata(dest.join(d)).unwrap();
+            assert_eq!((md.mtime(), md.mtime_nsec()), (1_000_000_000, 123), "{d}");
+        }
     }
 
     #[test]

@@ -3,21 +3,10 @@
 //! here.
 
 use crate::config::{Config, Mirror, Upstream};
+use crate::owner::dest::{FRESH_DIR, TEMP_DIR};
 
-/// rsync's temporary directory inside dest (same filesystem, so renames are
-/// atomic). Emptied at the start of every transfer, except for a first
 /// The ssh client rsync runs for `ssh://` upstreams.
 pub const SSH: &str = "/usr/bin/ssh";
-
-/// sync's staging copy that a later first sync resumes.
-pub const TEMP_DIR: &str = ".syncgate-tmp";
-
-/// A first sync's staging copy, below [`TEMP_DIR`].
-pub const FRESH_DIR: &str = "fresh";
-
-/// Where a first sync holds the last files while the rest is published,
-/// below [`TEMP_DIR`].
-pub const HOLD_DIR: &str = "last";
 
 fn common(cfg: &Config, m: &Mirror) -> Vec<String> {
     with_temp_dir(cfg, m, true)
@@ -73,7 +62,7 @@ fn endpoints(v: &mut Vec<String>, m: &Mirror) {
 /// naming the unsafe symlinks it skips (`--info=name1`), and counting the
 /// file list by type (`--stats`). When it itemizes nothing and dest holds
 /// exactly the entries it listed, nothing is to be published or deleted and
-/// the sync ends after this one pass (src/plan.rs).
+/// the sync ends after this one pass (src/owner/plan.rs).
 pub fn rsync_plan(cfg: &Config, m: &Mirror) -> Vec<String> {
     let mut v = common(cfg, m);
     v.push("--dry-run".into());
@@ -84,8 +73,8 @@ pub fn rsync_plan(cfg: &Config, m: &Mirror) -> Vec<String> {
 }
 
 /// The first sync into an empty dest: one pass into a private staging
-/// directory (mode 0700 [`TEMP_DIR`]), which is published by renames when
-/// complete (src/publish.rs). rsync writes its temporary files next to
+/// directory (mode 0700 `TEMP_DIR`), which is published by renames when
+/// complete (src/owner/publish.rs). rsync writes its temporary files next to
 /// their targets there, as plain `rsync -a` does. `--delete` only ever acts
 /// inside the staging copy: it clears what an interrupted first sync left
 /// that upstream no longer has, when the next one resumes it.

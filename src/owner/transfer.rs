@@ -1,0 +1,82 @@
+//! One `transfer`: what every rsync of it shares ([`Transfer`]), and the
+//! choice between its routes: a first sync into an empty dest
+//! (src/owner/fresh.rs) or the plan and the two stages (src/owner/staged.rs).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::config::{Config, Mirror};
+use crate::error::{IoContext, Result};
+use crate::owner::dest::{self, DestLock, FRESH_DIR, TEMP_DIR};
+use crate::owner::publish;
+use crate::owner::report::TransferReport;
+use crate::owner::rsync::{run_rsync, RsyncEnd};
+
+/// A transfer of one mirror, dest locked: everything its rsync runs share.
+pub struct Transfer<'a> {
+    pub cfg: &'a Config,
+    pub mirror: &'a Mirror,
+    /// The owner's home directory (rsync's `HOME`, for ssh's files).
+    home: String,
+    pub lock: DestLock,
+    /// Set when the gate is gone: every rsync is stopped.
+    cut: Arc<AtomicBool>,
+}
+
+impl<'a> Transfer<'a> {
+    /// Locks dest (waiting for an earlier transfer to let go of it).
+    pub fn begin(cfg: &'a Config, mirror: &'a Mirror, cut: Arc<AtomicBool>) -> Result<Self> {
+        let lock = DestLock::acquire(mirror)?;
+        Ok(Transfer {
+            cfg,
+            mirror,
+            home: home_of(nix::unistd::getuid().as_raw()),
+            lock,
+            cut,
+        })
+    }
+
+    /// Takes the route that fits dest, then clears up after it: rsync's
+    /// temp dir, and after a failure the delayed updates it left.
+    pub fn run(&self) -> Result<TransferReport> {
+        let m = self.mirror;
+        let fresh = publish::handles(&m.last)
+            && publish::is_empty(&m.dest)
+                .context(|| format!("cannot read dest {}", m.dest.display()))?;
+        // Creating and removing the temp dir changes dest's mtime; put it back.
+        let before = self.lock.mtime();
+        dest::prepare_temp_dir(&m.dest, fresh.then_some(FRESH_DIR))?;
+        self.lock.set_mtime(before);
+        let result = if fresh { self.fresh() } else { self.staged() };
+        if !matches!(&result, Ok(r) if r.ok) {
+            let n = dest::remove_delayed_updates(&m.dest);
+            if n > 0 {
+                crate::sys::progress::say(&format!(
+                    "removed {n} unpublished delayed-update director{} (.~tmp~)",
+                    if n == 1 { "y" } else { "ies" }
+                ));
+            }
+        }
+        // The temp dir (mode 0700) is not part of the published tree: readers
+        // must be able to list every directory. rsync empties it on every exit
+        // it controls; what an aborted run leaves is removed at the next run.
+        let before = self.lock.mtime();
+        if std::fs::remove_dir(m.dest.join(TEMP_DIR)).is_ok() {
+            self.lock.set_mtime(before);
+        }
+        result
+    }
+
+    /// Runs one rsync of this transfer (see [`run_rsync`]).
+    pub fn run_rsync(&self, argv: &[String]) -> Result<RsyncEnd> {
+        run_rsync(argv, &self.home, &self.lock, &self.cut)
+    }
+}
+
+fn home_of(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir.display().to_string())
+        .unwrap_or_else(|| "/".into())
+}
