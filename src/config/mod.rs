@@ -13,12 +13,13 @@
 //! reader_group = "www-data"
 //! ```
 //!
-//! The file goes through [`raw`] (serde, straight from TOML: unknown keys
+//! The file goes through `raw.rs` (serde, straight from TOML: unknown keys
 //! and wrong types) and is then validated key by key: the top level here,
-//! `[mirror.NAME]` in [`mirror`], `[key.NAME]` in [`key`]. The vocabularies
-//! live once each: mirror names in [`names`] ([`MirrorName`]), key verbs in
-//! [`verb`] ([`Verb`]), modes and the permission policy in [`perm`]
-//! ([`PermPolicy`]), networks in [`cidr`] ([`Cidr`]).
+//! `[mirror.NAME]` in `mirror.rs`, `[key.NAME]` in `key.rs`. The
+//! vocabularies live once each: mirror names in `names.rs`
+//! ([`MirrorName`]), key verbs in `verb.rs` ([`Verb`]), modes and the
+//! permission policy in `perm.rs` ([`PermPolicy`]), networks in `cidr.rs`
+//! ([`Cidr`]).
 
 mod cidr;
 mod key;
