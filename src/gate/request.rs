@@ -38,8 +38,9 @@
 //! ```
 //!
 //! `NAME` is a mirror name: `^[a-z0-9][a-z0-9._-]{0,63}$` without `..`
-//! (see [`Name`], defined once in [`crate::config::MirrorName`]). It can never start with `-` or contain `/`, so a name can
-//! neither inject an option nor a path into anything that later uses it.
+//! (see [`Name`], defined once in [`crate::config::MirrorName`]). It can
+//! never start with `-` or contain `/`, so a name can neither inject an
+//! option nor a path into anything that later uses it.
 //! Zero words (empty or only spaces) is [`Refusal::Empty`].
 //!
 //! Valid commands are printable ASCII, but valid non-ASCII UTF-8 passes step 3
