@@ -423,6 +423,23 @@ mod tests {
     }
 
     #[test]
+    fn ssh_verbs_table_uses_exactly_the_key_verbs() {
+        use crate::config::Verb;
+        // Each entry starts with a key verb (push words are `sync:...`).
+        let heads: Vec<Verb> = SSH_VERBS
+            .iter()
+            .map(|(usage, _)| {
+                let head = usage.split([' ', ':', ',']).next().unwrap();
+                head.parse()
+                    .unwrap_or_else(|e| panic!("SSH_VERBS entry {usage:?}: {e}"))
+            })
+            .collect();
+        for verb in Verb::ALL {
+            assert!(heads.contains(&verb), "SSH_VERBS lacks {verb}");
+        }
+    }
+
+    #[test]
     fn files_section_names_the_paths_the_code_uses() {
         let page = page();
         for p in [

@@ -21,7 +21,7 @@ use crate::audit::events::{Client, Decision, Verdict, Via};
 use crate::audit::Audit;
 use crate::config::{Config, KeyConfig};
 use crate::error::{Error, Exit, Result};
-use crate::gate::policy::{Action, KeyPolicy, Verb};
+use crate::gate::policy::{Action, KeyPolicy};
 use crate::gate::request::Refusal;
 use crate::queue::state::{Requester, Trigger};
 use crate::sys::progress::say;
@@ -32,16 +32,7 @@ const LOG_CAP: usize = 160;
 pub fn key_policy(k: &KeyConfig) -> KeyPolicy {
     KeyPolicy {
         key: k.name.clone(),
-        verbs: k
-            .verbs
-            .iter()
-            .filter_map(|v| match v.as_str() {
-                "sync" => Some(Verb::Sync),
-                "status" => Some(Verb::Status),
-                "help" => Some(Verb::Help),
-                _ => None,
-            })
-            .collect(),
+        verbs: k.verbs.clone(),
         mirrors: k.mirrors.clone(),
         from: k.from.clone(),
     }

@@ -9,7 +9,7 @@ use crate::owner::dest::{mtime_of, FRESH_DIR, HOLD_DIR, TEMP_DIR};
 use crate::owner::report::{transferred, Route, TransferReport};
 use crate::owner::rsync::argv;
 use crate::owner::transfer::Transfer;
-use crate::owner::{fixperms, policy_of, publish};
+use crate::owner::{fixperms, publish};
 
 impl Transfer<'_> {
     /// A first sync into an empty dest: one rsync pass into a private
@@ -40,7 +40,7 @@ impl Transfer<'_> {
             );
             return Ok(report);
         }
-        let policy = policy_of(m);
+        let policy = m.perm_policy();
         let fixed = match fixperms::fix_tree(&staging, &policy) {
             Ok(r) => r,
             Err(e) => {

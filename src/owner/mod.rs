@@ -32,7 +32,7 @@ mod trust;
 pub use report::{FixPermsReport, Route, TransferReport};
 pub use trust::untrusted_path;
 
-use crate::config::{Config, Mirror};
+use crate::config::Config;
 use crate::error::Result;
 use crate::owner::dest::DestLock;
 use crate::owner::transfer::Transfer;
@@ -46,22 +46,12 @@ pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
     Transfer::begin(cfg, m, cut)?.run()
 }
 
-/// The ownership and modes the mirror's tree must have.
-fn policy_of(m: &Mirror) -> fixperms::PermPolicy {
-    fixperms::PermPolicy {
-        uid: m.owner_uid,
-        gid: m.reader_gid,
-        file_mode: m.file_mode,
-        dir_mode: m.dir_mode,
-    }
-}
-
 /// `syncgate fix-perms MIRROR`: verify and repair owner, group and modes.
 pub fn fix_perms(cfg: &Config, name: &str) -> Result<FixPermsReport> {
     let m = cfg.mirror(name)?;
     trust::check_trust(cfg, m)?;
     let _lock = DestLock::acquire(m)?;
-    Ok(match fixperms::fix_tree(&m.dest, &policy_of(m)) {
+    Ok(match fixperms::fix_tree(&m.dest, &m.perm_policy()) {
         Ok(r) => FixPermsReport {
             ok: true,
             message: format!(

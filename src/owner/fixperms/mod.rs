@@ -106,76 +106,9 @@ pub const MAX_DEPTH: usize = 256;
 /// Permission bits plus setuid, setgid and sticky.
 const PERM_MASK: u32 = 0o7777;
 
-/// Ownership and modes every entry of the tree must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PermPolicy {
-    /// Owner of every entry.
-    pub uid: u32,
-    /// Group (the readers) of every entry.
-    pub gid: u32,
-    /// Mode of regular files, e.g. `0o640`. No group/other write, no
-    /// setuid/setgid/sticky.
-    pub file_mode: u32,
-    /// Mode of directories, e.g. `0o750` or `0o2750`. Must give the owner
-    /// `rwx`; no group/other write; setgid is the only special bit allowed.
-    pub dir_mode: u32,
-}
-
-impl PermPolicy {
-    /// Checks the policy's invariants; [`fix_tree`] calls this first.
-    pub fn validate(&self) -> Result<(), FixError> {
-        let bad = |why: String| Err(FixError::InvalidPolicy(why));
-        if self.uid == u32::MAX || self.gid == u32::MAX {
-            return bad(format!(
-                "uid/gid {}:{} is reserved (-1 means \"unchanged\" to chown)",
-                self.uid, self.gid
-            ));
-        }
-        if self.file_mode & !PERM_MASK != 0 {
-            return bad(format!(
-                "file_mode {:o} has bits outside 7777",
-                self.file_mode
-            ));
-        }
-        if self.file_mode & 0o022 != 0 {
-            return bad(format!(
-                "file_mode {:04o} grants group/other write",
-                self.file_mode
-            ));
-        }
-        if self.file_mode & 0o7000 != 0 {
-            return bad(format!(
-                "file_mode {:04o} sets setuid/setgid/sticky",
-                self.file_mode
-            ));
-        }
-        if self.dir_mode & !PERM_MASK != 0 {
-            return bad(format!(
-                "dir_mode {:o} has bits outside 7777",
-                self.dir_mode
-            ));
-        }
-        if self.dir_mode & 0o022 != 0 {
-            return bad(format!(
-                "dir_mode {:04o} grants group/other write",
-                self.dir_mode
-            ));
-        }
-        if self.dir_mode & 0o5000 != 0 {
-            return bad(format!(
-                "dir_mode {:04o} sets setuid/sticky (only setgid is allowed)",
-                self.dir_mode
-            ));
-        }
-        if self.dir_mode & 0o700 != 0o700 {
-            return bad(format!(
-                "dir_mode {:04o} does not give the owner rwx (needed to walk, repair and sync)",
-                self.dir_mode
-            ));
-        }
-        Ok(())
-    }
-}
+/// Ownership and modes every entry of the tree must have; defined, with its
+/// validation, once in the config.
+pub use crate::config::PermPolicy;
 
 /// What [`fix_tree`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -279,6 +212,12 @@ pub enum FixError {
         /// What was done anyway.
         report: Box<FixReport>,
     },
+}
+
+impl From<crate::config::InvalidPolicy> for FixError {
+    fn from(e: crate::config::InvalidPolicy) -> Self {
+        FixError::InvalidPolicy(e.0)
+    }
 }
 
 fn foreign_owner_message(

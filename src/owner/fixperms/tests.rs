@@ -560,7 +560,7 @@ fn policy_is_validated() {
             ..ok
         },
     ] {
-        let err = bad.validate().unwrap_err();
+        let err = FixError::from(bad.validate().unwrap_err());
         assert!(matches!(err, FixError::InvalidPolicy(_)), "{bad:?}");
         // fix_tree refuses before touching anything
         assert!(matches!(
