@@ -12,6 +12,7 @@ pub mod error;
 pub mod gate;
 pub mod owner;
 pub mod queue;
+pub mod run;
 pub mod runner;
 pub mod sys;
 

@@ -2,7 +2,5 @@
 //! as root or as the login account, never through the sudo rule.
 
 pub mod check;
-pub mod keys;
 pub mod status;
-pub mod sudo_grants;
 pub mod sudoers;

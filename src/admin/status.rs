@@ -6,8 +6,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::queue::state::{now, MirrorState, RunRecord, Running};
+use crate::queue::state::MirrorState;
 use crate::queue::statedir::StateDir;
+use crate::run::{now, RunRecord, Running};
 use crate::sys::progress::human_secs;
 use crate::sys::timefmt::iso;
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::config::{sudoers_safe, Config};
+use crate::config::{sudoers_safe, Config, SUBCOMMANDS};
 use crate::error::{Error, IoContext, Result};
 use crate::runner::argv::{self, OwnerVerb};
 use crate::sys::child::SAFE_PATH;
@@ -31,12 +31,11 @@ pub fn render(cfg: &Config) -> Result<String> {
          Defaults:{login} !use_pty\n",
         cfg = cfg.path.display()
     );
-    let subcommands = subcommand_names();
     for m in cfg.mirrors.values() {
         // sudo compares the arguments joined by spaces, so it also runs
         // `--config "CONFIG transfer" NAME`; that must not be a command line
         // syncgate accepts, which it would be if NAME were a subcommand.
-        if subcommands.contains(&m.name) {
+        if SUBCOMMANDS.contains(&m.name.as_str()) {
             return Err(Error::Config(format!(
                 "mirror {0}: the name is also a syncgate subcommand, so the sudoers line could be re-split into `--config '{1} {2}' {0}`, which runs that subcommand as {3}; rename the mirror",
                 m.name,
@@ -67,17 +66,6 @@ pub fn render(cfg: &Config) -> Result<String> {
         ));
     }
     Ok(out)
-}
-
-/// syncgate's subcommand names (and clap's `help`).
-fn subcommand_names() -> Vec<String> {
-    use clap::CommandFactory;
-    let mut v: Vec<String> = crate::cli::Cli::command()
-        .get_subcommands()
-        .map(|c| c.get_name().to_string())
-        .collect();
-    v.push("help".into());
-    v
 }
 
 /// Validates with `visudo -cf` and installs atomically with mode 0440.

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use crate::audit::{Level, Line};
 use crate::error::Error;
-use crate::queue::state::{Requester, RunRecord, RunResult, Running};
+use crate::run::{Requester, RunRecord, RunResult, Running};
 
 /// One audit event: its severity and its line.
 pub trait Event {
@@ -297,7 +297,7 @@ impl Event for Outcome<'_> {
 mod tests {
     use super::*;
     use crate::error::Exit;
-    use crate::queue::state::{Outcome as RunOutcome, Trigger};
+    use crate::run::{Outcome as RunOutcome, Trigger};
 
     fn req() -> Requester {
         Requester {

@@ -12,7 +12,7 @@ use crate::cli::{generate, Cli, CliTrigger, Command};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::gate::policy;
-use crate::queue::state::{Requester, Trigger};
+use crate::run::{Requester, Trigger};
 use crate::sys::{progress, signals};
 
 /// Runs the command the command line names.

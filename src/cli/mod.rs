@@ -122,3 +122,27 @@ impl Cli {
             .unwrap_or(Path::new(crate::config::DEFAULT_PATH))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_config_knows_every_subcommand_name() {
+        let mut names: Vec<String> = super::Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        names.push("help".into());
+        let mut known: Vec<String> = crate::config::SUBCOMMANDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        names.sort();
+        known.sort();
+        assert_eq!(
+            names, known,
+            "config::SUBCOMMANDS must list clap's subcommands"
+        );
+    }
+}

@@ -44,7 +44,7 @@ use paths::is_clean_absolute;
 use raw::{RawSyslog, Source};
 
 pub use cidr::{Cidr, CidrError};
-pub use names::{lookup_gid, lookup_uid, valid_name, MirrorName};
+pub use names::{lookup_gid, lookup_uid, valid_name, MirrorName, SUBCOMMANDS};
 pub use paths::sudoers_safe;
 pub use perm::{parse_mode, InvalidPolicy, PermPolicy};
 pub use verb::{UnknownVerb, Verb};

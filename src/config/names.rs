@@ -3,6 +3,24 @@
 
 use std::fmt;
 
+/// syncgate's subcommand names (and clap's `help`). sudo compares a rule's
+/// arguments as one space-joined string, so a mirror with one of these names
+/// would let `--config "CONFIG transfer" NAME` run that subcommand as the
+/// owner: `syncgate sudoers` and `check` refuse such a mirror. The clap
+/// definition is the source; a test in `cli` keeps this list equal to it.
+pub const SUBCOMMANDS: &[&str] = &[
+    "sync",
+    "status",
+    "ssh",
+    "authorized-key",
+    "sudoers",
+    "check",
+    "transfer",
+    "fix-perms",
+    "generate",
+    "help",
+];
+
 /// A validated mirror name: `^[a-z0-9][a-z0-9._-]{0,63}$`, not containing `..`.
 ///
 /// The one definition of the grammar: mirror and key names in the

@@ -23,7 +23,7 @@ use crate::config::{Config, KeyConfig};
 use crate::error::{Error, Exit, Result};
 use crate::gate::policy::{Action, KeyPolicy};
 use crate::gate::request::Refusal;
-use crate::queue::state::{Requester, Trigger};
+use crate::run::{Requester, Trigger};
 use crate::sys::progress::say;
 
 /// How much of the client's command the audit line keeps.

@@ -4,189 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Exit;
 use crate::queue::statedir::StateDir;
 
 /// How many finished runs are kept.
 pub const HISTORY: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Trigger {
-    Cli,
-    Ssh,
-    Timer,
-}
-
-impl std::fmt::Display for Trigger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Trigger {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Trigger::Cli => "cli",
-            Trigger::Ssh => "ssh",
-            Trigger::Timer => "timer",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunResult {
-    Success,
-    Failed,
-    Timeout,
-    /// Stopped by a signal to syncgate (admin, systemd).
-    Aborted,
-    /// The process running it vanished (kill -9, crash, reboot). Such a run
-    /// never finished, so it serves no request.
-    Died,
-}
-
-impl RunResult {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RunResult::Success => "success",
-            RunResult::Failed => "failed",
-            RunResult::Timeout => "timeout",
-            RunResult::Aborted => "aborted",
-            RunResult::Died => "died",
-        }
-    }
-}
-
-/// Who asked, for state, status and the audit trail.
-#[derive(Debug, Clone)]
-pub struct Requester {
-    pub trigger: Trigger,
-    /// Unique id of this request, e.g. `r1732185600-4242`.
-    pub request: String,
-    /// `user=root`, or `key=jenkins client=192.0.2.7:51234`.
-    pub who: String,
-}
-
-impl Requester {
-    pub fn new(trigger: Trigger, who: String) -> Requester {
-        Requester {
-            trigger,
-            request: format!("r{}-{}", now(), std::process::id()),
-            who,
-        }
-    }
-
-    /// The same requester asking for one of several mirrors: its own id.
-    pub fn for_mirror(&self, mirror: &str) -> Requester {
-        Requester {
-            request: format!("{}.{mirror}", self.request),
-            ..self.clone()
-        }
-    }
-}
-
-/// The run in progress, written before rsync starts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Running {
-    pub run: u64,
-    pub pid: u32,
-    pub trigger: Trigger,
-    pub request: String,
-    pub requester: String,
-    pub started: u64,
-}
-
-/// How one run ended: what the runner hands back to the queue, which
-/// records it in a [`RunRecord`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
-    pub result: RunResult,
-    /// syncgate's exit code for the requests this run served.
-    pub exit_code: Exit,
-    /// rsync's own exit code of the stage that decided the result, if rsync ran.
-    pub rsync_exit: Option<i32>,
-    pub message: String,
-    pub bytes: u64,
-    pub files: u64,
-    pub deleted: u64,
-}
-
-impl Outcome {
-    /// A run that succeeded.
-    pub fn success(
-        message: String,
-        rsync_exit: Option<i32>,
-        bytes: u64,
-        files: u64,
-        deleted: u64,
-    ) -> Outcome {
-        Outcome {
-            result: RunResult::Success,
-            exit_code: Exit::Ok,
-            rsync_exit,
-            message,
-            bytes,
-            files,
-            deleted,
-        }
-    }
-
-    /// A run that did not succeed (`result` is not `Success`).
-    pub fn failed(result: RunResult, message: String, rsync_exit: Option<i32>) -> Outcome {
-        Outcome {
-            result,
-            exit_code: Exit::SyncFailed,
-            rsync_exit,
-            message,
-            bytes: 0,
-            files: 0,
-            deleted: 0,
-        }
-    }
-}
-
-/// A finished run: the [`Running`] entry it was, when it ended, its
-/// [`Outcome`] (flattened: the state file keeps one flat object per run),
-/// and how many requests it served.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub run: u64,
-    pub trigger: Trigger,
-    pub request: String,
-    pub requester: String,
-    pub started: u64,
-    pub ended: u64,
-    #[serde(flatten)]
-    pub outcome: Outcome,
-    /// Requests that got this run's result (the one that ran it included).
-    pub served: u64,
-}
-
-impl RunRecord {
-    /// Records how `running` ended, now.
-    pub fn finish(running: Running, outcome: Outcome, served: u64) -> RunRecord {
-        RunRecord {
-            run: running.run,
-            trigger: running.trigger,
-            request: running.request,
-            requester: running.requester,
-            started: running.started,
-            ended: now(),
-            outcome,
-            served,
-        }
-    }
-}
-
-/// A record reads as its outcome: `record.result`, `record.message`, ...
-impl std::ops::Deref for RunRecord {
-    type Target = Outcome;
-    fn deref(&self) -> &Outcome {
-        &self.outcome
-    }
-}
+pub use crate::run::{now, Outcome, Requester, RunRecord, RunResult, Running, Trigger};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MirrorState {
@@ -262,16 +85,10 @@ impl MirrorState {
     }
 }
 
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Exit;
 
     fn rec(run: u64, result: RunResult) -> RunRecord {
         RunRecord {

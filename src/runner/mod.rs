@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Mirror, Privilege};
 use crate::owner::{FixPermsReport, TransferReport};
-use crate::queue::state::{Outcome, RunResult};
+use crate::run::{Outcome, RunResult};
 use crate::runner::argv::OwnerVerb;
 use crate::sys::child::{self, Ending, Stream, Watcher};
 use crate::sys::progress::{human_secs, say};

@@ -5,10 +5,10 @@ use crate::audit::events::{End, Outcome, Via};
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
-use crate::queue::state::Requester;
-use crate::queue::state::RunResult;
 use crate::queue::statedir::StateDir;
 use crate::queue::{self, Served};
+use crate::run::Requester;
+use crate::run::RunResult;
 use crate::sys::progress::{human_secs, say};
 
 /// The line a requester reads when its request has been served.
