@@ -95,21 +95,9 @@ impl Rig {
 }
 
 /// The `n`-th (1-based) audit line of `event`, waiting up to 5 s for it.
+#[track_caller]
 fn audit(log: &SyslogReceiver, event: &str, n: usize) -> BTreeMap<String, String> {
-    let is = |l: &str| fields(l).get("event").map(String::as_str) == Some(event);
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found: Vec<String> = log.lines().into_iter().filter(|l| is(l)).collect();
-        if found.len() >= n {
-            return fields(&found[n - 1]);
-        }
-        assert!(
-            Instant::now() < until,
-            "no audit line #{n} with event={event}; got:\n{}",
-            log.lines().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    log.wait_events(event, n, Duration::from_secs(5))[n - 1].clone()
 }
 
 /// The summary line syncgate prints last for a request (`m: run #N ...`
@@ -122,14 +110,6 @@ fn summary<'a>(err: &'a str, mirror: &str) -> &'a str {
                 .is_some_and(|r| r.starts_with("run #") || r.starts_with("served by run #"))
         })
         .unwrap_or_else(|| panic!("no summary line for {mirror} in:\n{err}"))
-}
-
-/// How many audit lines of `event` arrived so far.
-fn count(log: &SyslogReceiver, event: &str) -> usize {
-    log.lines()
-        .iter()
-        .filter(|l| fields(l).get("event").map(String::as_str) == Some(event))
-        .count()
 }
 
 /// Prints the observer's figures and asserts a consistent tree.
@@ -558,15 +538,19 @@ e2e_test! {
         r.release(&[("a.iso", &a), ("big.iso", &big)]);
         r.configure(None, opts().bwlimit(1000));
         let obs = Observer::start(&r.f.dest);
-        let child = r.f.sync().status(70).spawn();
+        let child = r
+            .f
+            .sync()
+            .status(70)
+            .stderr_contains("No space left on device")
+            .stderr_contains("run #2 ended (success) but its result could not be recorded")
+            .stderr_lacks("succeeded")
+            .spawn();
         assert_eq!(r.f.wait_running(M, Duration::from_secs(20))["running"]["run"], 2);
         let filled = fill(&r.f.state);
         eprintln!("full state dir: filled {filled} bytes");
         let out = child.finish();
         let err = stderr(&out);
-        assert!(err.contains("No space left on device"), "{err}");
-        assert!(err.contains("run #2 ended (success) but its result could not be recorded"), "{err}");
-        assert!(!err.contains("succeeded"), "{err}");
         eprintln!("full state dir: {}", err.lines().last().unwrap_or_default());
         let o = audit(&r.log, "outcome", 2);
         assert_eq!((o["result"].as_str(), o["exit"].as_str()), ("error", "70"), "{o:?}");
@@ -580,7 +564,7 @@ e2e_test! {
         r.f.sync().status(70).stderr_contains("No space left on device").run();
         assert!(!r.f.dest_path("late.iso").exists());
         assert_eq!(audit(&r.log, "outcome", 3)["exit"], "70");
-        assert_eq!(count(&r.log, "run-start"), 2, "no run may start while the state dir is full");
+        assert_eq!(r.log.events("run-start").len(), 2, "no run may start while the state dir is full");
 
         // Space back.
         fs::remove_file(r.f.state.join("FILLER")).unwrap();

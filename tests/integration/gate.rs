@@ -19,39 +19,6 @@ const SLOW: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- helpers
 
-/// Parsed audit lines of one event, oldest first.
-fn events(mh: &MirrorHost, event: &str) -> Vec<BTreeMap<String, String>> {
-    mh.log
-        .lines()
-        .iter()
-        .map(|l| fields(l))
-        .filter(|f| f.get("event").map(String::as_str) == Some(event))
-        .collect()
-}
-
-/// Waits until the audit log holds at least `n` lines of `event`.
-fn wait_events(
-    mh: &MirrorHost,
-    event: &str,
-    n: usize,
-    timeout: Duration,
-) -> Vec<BTreeMap<String, String>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let found = events(mh, event);
-        if found.len() >= n {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} event={event} audit lines within {timeout:?}, got {}:\n{}",
-            found.len(),
-            mh.log.lines().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Nothing of the login account or the image owner is left running: no
 /// gate, no sudo, no owner-side command, no rsync, no sshd session.
 fn assert_nothing_left(mh: &MirrorHost) {
@@ -124,7 +91,7 @@ e2e_test! {
         let burst: Vec<Running> = (0..20)
             .map(|_| mh.ssh(Some("sync")).status(0).stdout_empty().stderr_contains("queued behind run #1").spawn())
             .collect();
-        wait_events(&mh, "decision", 21, SLOW);
+        mh.log.wait_events("decision", 21, SLOW);
         // Every request of the burst has arrived while run #1 is still going
         // (the decision line comes right before the request notes its
         // arrival; give the last one a moment).
@@ -147,8 +114,8 @@ e2e_test! {
         assert_eq!((runs[1]["run"].as_u64(), runs[1]["served"].as_u64()), (Some(2), Some(20)));
         assert!(runs.iter().all(|r| r["result"] == "success"), "{s:#}");
 
-        let decisions = events(&mh, "decision");
-        let outcomes = wait_events(&mh, "outcome", 21, SLOW);
+        let decisions = mh.log.events("decision");
+        let outcomes = mh.log.wait_events("outcome", 21, SLOW);
         assert_eq!(decisions.len(), 21);
         assert_eq!(outcomes.len(), 21);
         assert!(decisions.iter().all(|d| d["decision"] == "allow" && d["key"] == "jenkins"));
@@ -169,7 +136,7 @@ e2e_test! {
         assert_eq!(by("2", "no"), 1);
         assert_eq!(by("2", "yes"), 19);
         assert!(outcomes.iter().all(|o| o["result"] == "success" && o["exit"] == "0"));
-        assert_eq!(events(&mh, "run-start").len(), 2);
+        assert_eq!(mh.log.events("run-start").len(), 2);
         assert_nothing_left(&mh);
     }
 }
@@ -196,7 +163,7 @@ fn hostile(what: &'static str, cmd: impl AsRef<[u8]>, code: i32, reason: &'stati
 /// status, one `syncgate: refused:` line, one decision line with the
 /// reason. Returns the decision line's fields.
 fn assert_refused(mh: &MirrorHost, key: &std::path::Path, h: &Hostile) -> BTreeMap<String, String> {
-    let before = events(mh, "decision").len();
+    let before = mh.log.events("decision").len();
     let what = format!(
         "{} ({:?})",
         h.what,
@@ -219,7 +186,9 @@ fn assert_refused(mh: &MirrorHost, key: &std::path::Path, h: &Hostile) -> BTreeM
             .all(|&b| b == b'\n' || (0x20..0x7f).contains(&b)),
         "the refusal echoes no raw client bytes: {ctx}"
     );
-    let decisions = wait_events(mh, "decision", before + 1, Duration::from_secs(5));
+    let decisions = mh
+        .log
+        .wait_events("decision", before + 1, Duration::from_secs(5));
     assert_eq!(
         decisions.len(),
         before + 1,
@@ -322,9 +291,9 @@ e2e_test! {
 
         // Nothing ran: no run started, no state written, nothing published,
         // no shell wrote the marker, and no outcome (nothing reached a queue).
-        assert_eq!(events(&mh, "decision").len(), cases.len());
-        assert!(events(&mh, "run-start").is_empty());
-        assert!(events(&mh, "outcome").is_empty());
+        assert_eq!(mh.log.events("decision").len(), cases.len());
+        assert!(mh.log.events("run-start").is_empty());
+        assert!(mh.log.events("outcome").is_empty());
         assert!(mh.state("iso").is_null() && mh.state("other").is_null());
         assert!(!mh.state_dir.join("iso.state.json").exists());
         assert_eq!(std::fs::read_dir(mh.dest("iso")).unwrap().count(), 0);
@@ -349,9 +318,9 @@ e2e_test! {
         send(10).status(255).run();
         // A normal request still works afterwards, and is the only one logged.
         mh.ssh(Some("help")).status(0).run();
-        let decisions = wait_events(&mh, "decision", 1, Duration::from_secs(5));
+        let decisions = mh.log.wait_events("decision", 1, Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(events(&mh, "decision").len(), 1, "{decisions:?}");
+        assert_eq!(mh.log.events("decision").len(), 1, "{decisions:?}");
         assert_eq!(decisions[0]["command"], "help");
         assert!(mh.state("iso").is_null());
         assert_nothing_left(&mh);
@@ -384,7 +353,7 @@ e2e_test! {
             c.close_stdin();
             let out = c.finish_within(SLOW);
             let ctx = format!("{what}: {}", support::show(&out));
-            let d = wait_events(&mh, "decision", i + 1, Duration::from_secs(5));
+            let d = mh.log.wait_events("decision", i + 1, Duration::from_secs(5));
             let d = &d[i];
             assert_eq!((d["decision"].as_str(), d["reason"].as_str()), ("refuse", "no-command"), "{ctx}");
             assert_eq!(d["command"], "(none)", "{ctx}");
@@ -403,7 +372,7 @@ e2e_test! {
         c.close_stdin();
         c.finish_within(SLOW);
         std::thread::sleep(Duration::from_millis(500));
-        for d in &events(&mh, "decision")[2..] {
+        for d in &mh.log.events("decision")[2..] {
             assert_eq!((d["decision"].as_str(), d["reason"].as_str()), ("refuse", "no-command"));
         }
 
@@ -433,7 +402,7 @@ e2e_test! {
             .run();
         mh.ssh_raw(&remote, Some(OsStr::new("help"))).status(0).run();
         assert!(mh.state("iso").is_null(), "nothing ran");
-        assert!(events(&mh, "run-start").is_empty());
+        assert!(mh.log.events("run-start").is_empty());
         assert_nothing_left(&mh);
     }
 }
@@ -451,7 +420,7 @@ e2e_test! {
             .stderr_contains("rsync exit 23")
             .stdout_empty()
             .run();
-        let o = &wait_events(&mh, "outcome", 1, Duration::from_secs(5))[0];
+        let o = &mh.log.wait_events("outcome", 1, Duration::from_secs(5))[0];
         assert_eq!(
             (o["result"].as_str(), o["rsync_exit"].as_str(), o["exit"].as_str()),
             ("failed", "23", "1")
@@ -499,7 +468,7 @@ e2e_test! {
 
         // Stdin stays open (a pipe held by the test), as for a CI job.
         let mut queued = mh.ssh(Some("sync")).stdin(Stdio::piped()).failure().spawn();
-        let decisions = wait_events(&mh, "decision", 2, SLOW);
+        let decisions = mh.log.wait_events("decision", 2, SLOW);
         let request = decisions[1]["request"].clone();
         let mut gate = Vec::new();
         assert_eventually(SLOW, "the queued request's gate process appears", || {
@@ -520,7 +489,7 @@ e2e_test! {
             .unwrap_or_else(|| panic!("no abandoned line within 5 s:\n{}", mh.log.lines().join("\n")));
         let a = fields(&abandoned);
         assert_eq!((a["request"].as_str(), a["reason"].as_str()), (request.as_str(), "client-disconnected"));
-        let outcome = events(&mh, "outcome").into_iter().find(|o| o["request"] == request).unwrap();
+        let outcome = mh.log.events("outcome").into_iter().find(|o| o["request"] == request).unwrap();
         assert_eq!(outcome["result"], "abandoned");
 
         first.finish_within(SLOW);
@@ -529,7 +498,7 @@ e2e_test! {
         assert_eq!(s["last_started"], 1, "the client that left caused no run: {s:#}");
         assert!(s["running"].is_null());
         assert_eq!(s["runs"][0]["served"], 1);
-        assert_eq!(events(&mh, "run-start").len(), 1);
+        assert_eq!(mh.log.events("run-start").len(), 1);
         assert_nothing_left(&mh);
     }
 }
@@ -551,7 +520,7 @@ e2e_test! {
             .spawn();
         first.finish_within(SLOW);
         queued.finish_within(SLOW);
-        assert!(events(&mh, "abandoned").is_empty(), "{}", mh.log.lines().join("\n"));
+        assert!(mh.log.events("abandoned").is_empty(), "{}", mh.log.lines().join("\n"));
         assert_eq!(mh.state("iso")["last_started"], 2);
         assert_nothing_left(&mh);
     }
@@ -574,9 +543,9 @@ e2e_test! {
             bytes(4 << 20, 7),
             "the whole image was published"
         );
-        let o = &wait_events(&mh, "outcome", 1, Duration::from_secs(5))[0];
+        let o = &mh.log.wait_events("outcome", 1, Duration::from_secs(5))[0];
         assert_eq!((o["result"].as_str(), o["run"].as_str(), o["coalesced"].as_str()), ("success", "1", "no"));
-        assert!(events(&mh, "abandoned").is_empty());
+        assert!(mh.log.events("abandoned").is_empty());
         assert_nothing_left(&mh);
     }
 }
@@ -617,7 +586,7 @@ e2e_test! {
         let lock = std::fs::File::open(mh.state_dir.join("iso.lock")).unwrap();
         lock.lock().unwrap();
         let mut queued = mh.ssh(Some("sync")).stdin(Stdio::piped()).failure().spawn();
-        let decisions = wait_events(&mh, "decision", 2, SLOW);
+        let decisions = mh.log.wait_events("decision", 2, SLOW);
         let request = decisions[1]["request"].clone();
         let mut gate = Vec::new();
         assert_eventually(SLOW, "the queued request's gate process appears", || {
@@ -646,12 +615,12 @@ e2e_test! {
         assert_eventually(Duration::from_secs(5), "the queued gate exits after its client vanished", || {
             gate.iter().all(|p| !mh.gate_pids().contains(p))
         });
-        let a = wait_events(&mh, "abandoned", 1, Duration::from_secs(5));
+        let a = mh.log.wait_events("abandoned", 1, Duration::from_secs(5));
         assert_eq!((a[0]["request"].as_str(), a[0]["reason"].as_str()), (request.as_str(), "client-disconnected"));
         std::thread::sleep(Duration::from_secs(1));
         let s = mh.state("iso");
         assert_eq!(s["last_started"], 1, "the client that left caused no run: {s:#}");
-        assert_eq!(events(&mh, "run-start").len(), 1);
+        assert_eq!(mh.log.events("run-start").len(), 1);
         drop(lock);
         assert_nothing_left(&mh);
     }

@@ -94,14 +94,6 @@ fn median(v: &mut [u64]) -> u64 {
     v[v.len() / 2]
 }
 
-/// Processes in this test's mount namespace (the pid namespace is the
-/// machine's: other test runs may have an rsync of their own).
-fn ours(pids: Vec<i32>) -> Vec<i32> {
-    let ns = fs::read_link("/proc/self/ns/mnt").expect("read /proc/self/ns/mnt");
-    let mine = procs::pids_in_mount_namespace(&ns.to_string_lossy());
-    pids.into_iter().filter(|p| mine.contains(p)).collect()
-}
-
 /// Processes of the login account, of the image owner, and rsyncs, in this
 /// namespace, after waiting up to `limit` for them to go away.
 fn leftovers(mh: &MirrorHost, limit: Duration) -> Vec<i32> {
@@ -111,7 +103,8 @@ fn leftovers(mh: &MirrorHost, limit: Duration) -> Vec<i32> {
         p.extend(procs::pids_matching("rsync"));
         p.sort_unstable();
         p.dedup();
-        ours(p)
+        // This namespace's only: other test runs may have an rsync too.
+        procs::ours(p)
     };
     let mut left = find();
     let _ = wait_until(limit, || {

@@ -18,8 +18,8 @@ use nix::unistd::Pid;
 use crate::support::host::set_mode;
 use crate::support::mirror_host::{gid_of, MirrorHost, LOGIN, OWNER, READER, READER_GROUP};
 use crate::support::{
-    self, assert_contains, e2e_test, opts, procs, run_ok, stderr, stdout, ChildGuard, Key, Mirrors,
-    Test,
+    self, assert_contains, e2e_test, opts, procs, run_ok, stderr, stdout, wait_until, ChildGuard,
+    Key, Mirrors, Test,
 };
 
 const SUDO: &str = "/usr/bin/sudo";
@@ -544,29 +544,23 @@ fn leftovers(uid: u32, wait: Duration) -> Vec<i32> {
         p.dedup();
         procs::ours(p)
     };
-    let until = Instant::now() + wait;
-    let mut p = find();
-    while !p.is_empty() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut p = Vec::new();
+    wait_until(wait, || {
         p = find();
-    }
+        p.is_empty()
+    });
     p
 }
 
 /// Waits up to `wait` for an rsync of the owner to run.
 fn wait_for_owner_rsync(mh: &MirrorHost, wait: Duration) -> bool {
-    let until = Instant::now() + wait;
-    while Instant::now() < until {
+    wait_until(wait, || {
         let owners = procs::ours(procs::pids_of_user(mh.owner.uid));
-        if procs::pids_matching("rsync")
+        procs::pids_matching("rsync")
             .iter()
             .any(|p| owners.contains(p))
-        {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    })
+    .is_some()
 }
 
 e2e_test! {
@@ -608,8 +602,8 @@ e2e_test! {
         let stopped_after = t0.elapsed();
         let err = fs::read_to_string(&err_path).unwrap();
         assert_eq!(status.code(), Some(1), "{err}");
-        assert!(err.contains("stopped by a signal"), "{err}");
-        assert!(err.contains("received SIGINT, SIGTERM, or SIGHUP"), "{err}");
+        assert_contains(&err, "stopped by a signal");
+        assert_contains(&err, "received SIGINT, SIGTERM, or SIGHUP");
         assert!(stopped_after < Duration::from_secs(9), "took {stopped_after:?}: {err}");
         let left = leftovers(mh.owner.uid, Duration::from_secs(15).saturating_sub(t0.elapsed()));
         assert!(left.is_empty(), "left running 15 s after SIGTERM:\n{}", procs::describe_pids(&left));
