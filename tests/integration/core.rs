@@ -7,18 +7,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fixture::{bytes, processes_mentioning, text, Fixture};
+use crate::support::fixture::{group_name, user_name, Fixture, M};
+use crate::support::procs::processes_mentioning;
+use crate::support::{bytes, opts, show, stderr, syncgate_bin, Mirrors, Test};
 
 #[test]
 fn a_first_sync_publishes_the_tree_with_the_configured_modes() {
-    let f = Fixture::new("file_mode = \"0644\"\ndir_mode = \"0755\"");
-    f.put("r1/a.iso", &bytes(10_000, 1));
-    f.put("r1/SHA256SUMS", b"x  a.iso\n");
+    let f = Fixture::new(opts().file_mode("0644").dir_mode("0755"));
+    f.put(M, "r1/a.iso", &bytes(10_000, 1));
+    f.put(M, "r1/SHA256SUMS", b"x  a.iso\n");
     std::os::unix::fs::symlink("r1", f.upstream.join("current")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", f.upstream.join("evil")).unwrap();
 
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    f.sync().status(0).stderr_contains("run #1 succeeded").run();
     assert_eq!(
         std::fs::read(f.dest_path("r1/a.iso")).unwrap(),
         bytes(10_000, 1)
@@ -39,31 +40,30 @@ fn a_first_sync_publishes_the_tree_with_the_configured_modes() {
         std::fs::symlink_metadata(f.dest_path("evil")).is_err(),
         "a symlink pointing outside the tree must never be created"
     );
-    let s = f.state();
+    let s = f.state(M);
     assert_eq!(s["runs"][0]["result"], "success");
     assert_eq!(s["runs"][0]["files"], 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("run #1 succeeded"));
 }
 
 #[test]
 fn a_burst_of_twenty_requests_behind_a_running_sync_is_served_by_one_more_run() {
-    let f = Fixture::new("bwlimit = 2000");
-    f.put("big.iso", &bytes(3 << 20, 2));
-    let mut first = f.spawn_sync();
-    f.wait_running(Duration::from_secs(20));
+    let f = Fixture::new(opts().bwlimit(2000));
+    f.put(M, "big.iso", &bytes(3 << 20, 2));
+    let first = f.spawn_sync();
+    f.wait_running(M, Duration::from_secs(20));
 
-    let burst: Vec<_> = (0..20).map(|_| f.spawn_sync()).collect();
-    let outs: Vec<_> = burst
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            f.sync()
+                .status(0)
+                .stderr_contains("queued behind run #1")
+                .spawn()
+        })
         .collect();
-    let first = first.wait().unwrap();
-    assert!(first.success());
-    for o in &outs {
-        assert!(o.status.success(), "{}", text(o));
-    }
+    let outs: Vec<_> = burst.into_iter().map(|c| c.finish()).collect();
+    first.finish();
 
-    let s = f.state();
+    let s = f.state(M);
     assert_eq!(
         s["last_started"], 2,
         "the burst must be served by exactly one further run: {s:#}"
@@ -73,30 +73,25 @@ fn a_burst_of_twenty_requests_behind_a_running_sync_is_served_by_one_more_run() 
     assert_eq!(s["runs"][1]["served"], 20);
     let ran = outs
         .iter()
-        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("run #2 succeeded"))
+        .filter(|o| stderr(o).contains("run #2 succeeded"))
         .count();
     let coalesced = outs
         .iter()
-        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("served by run #2"))
+        .filter(|o| stderr(o).contains("served by run #2"))
         .count();
-    assert_eq!((ran, coalesced), (1, 19));
-    assert!(outs
-        .iter()
-        .all(|o| String::from_utf8_lossy(&o.stderr).contains("queued behind run #1")));
+    assert_eq!((ran, coalesced), (1, 19), "{}", show(&outs[0]));
 }
 
 #[test]
 fn a_request_is_never_served_by_a_run_that_started_before_it_arrived() {
-    let f = Fixture::new("bwlimit = 2000");
-    f.put("big.iso", &bytes(2 << 20, 3));
-    let mut first = f.spawn_sync();
-    f.wait_running(Duration::from_secs(20));
+    let f = Fixture::new(opts().bwlimit(2000));
+    f.put(M, "big.iso", &bytes(2 << 20, 3));
+    let first = f.spawn_sync();
+    f.wait_running(M, Duration::from_secs(20));
     // Upstream changes while run #1 is running; the new request must see it.
-    f.put("late.iso", b"arrived late");
-    let out = f.sync();
-    assert!(first.wait().unwrap().success());
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("run #2"));
+    f.put(M, "late.iso", b"arrived late");
+    f.sync().status(0).stderr_contains("run #2").run();
+    first.finish();
     assert_eq!(
         std::fs::read(f.dest_path("late.iso")).unwrap(),
         b"arrived late"
@@ -134,13 +129,13 @@ fn observe(
 
 #[test]
 fn a_reader_never_sees_a_checksum_file_naming_a_missing_or_incomplete_file() {
-    let f = Fixture::new("bwlimit = 4000");
+    let f = Fixture::new(opts().bwlimit(4000));
     let mut expected = BTreeMap::new();
     let v1 = bytes(200_000, 10);
-    f.put("release-1.iso", &v1);
-    f.put("SHA256SUMS", b"0  release-1.iso\n");
+    f.put(M, "release-1.iso", &v1);
+    f.put(M, "SHA256SUMS", b"0  release-1.iso\n");
     expected.insert("release-1.iso".to_string(), v1);
-    assert!(f.sync().status.success());
+    f.sync().status(0).run();
 
     // Release 2: two large new images, release 1 removed, checksums replaced.
     for (i, name) in ["release-2-amd64.iso", "release-2-arm64.iso"]
@@ -148,11 +143,12 @@ fn a_reader_never_sees_a_checksum_file_naming_a_missing_or_incomplete_file() {
         .enumerate()
     {
         let b = bytes(3 << 20, 20 + i as u64);
-        f.put(name, &b);
+        f.put(M, name, &b);
         expected.insert(name.to_string(), b);
     }
     std::fs::remove_file(f.upstream.join("release-1.iso")).unwrap();
     f.put(
+        M,
         "SHA256SUMS",
         b"0  release-2-amd64.iso\n0  release-2-arm64.iso\n",
     );
@@ -162,11 +158,10 @@ fn a_reader_never_sees_a_checksum_file_naming_a_missing_or_incomplete_file() {
         let (dest, stop) = (f.dest.clone(), stop.clone());
         std::thread::spawn(move || observe(dest, expected, stop))
     };
-    let out = f.sync();
+    f.sync().status(0).run();
     std::thread::sleep(Duration::from_millis(50));
     stop.store(true, Ordering::SeqCst);
     let (observations, violations) = reader.join().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
     assert!(
         observations > 50,
         "the reader observed only {observations} times"
@@ -184,18 +179,12 @@ fn a_reader_never_sees_a_checksum_file_naming_a_missing_or_incomplete_file() {
 
 #[test]
 fn the_wall_clock_timeout_stops_rsync_and_its_children() {
-    let f = Fixture::new("bwlimit = 200\ntimeout = 2");
-    f.put("big.iso", &bytes(8 << 20, 4));
+    let f = Fixture::new(opts().bwlimit(200).timeout(2));
+    f.put(M, "big.iso", &bytes(8 << 20, 4));
     let t = Instant::now();
-    let out = f.sync();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    f.sync().status(1).stderr_contains("timed out").run();
     assert!(t.elapsed() < Duration::from_secs(30));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("timed out"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(f.state()["runs"][0]["result"], "timeout");
+    assert_eq!(f.state(M)["runs"][0]["result"], "timeout");
     assert_eq!(
         processes_mentioning(&f.dest),
         vec![],
@@ -206,28 +195,23 @@ fn the_wall_clock_timeout_stops_rsync_and_its_children() {
 
 #[test]
 fn after_kill_9_of_a_running_sync_the_next_request_proceeds_and_records_the_death() {
-    let f = Fixture::new("bwlimit = 1000");
-    f.put("big.iso", &bytes(4 << 20, 5));
+    let mut f = Fixture::new(opts().bwlimit(1000));
+    f.put(M, "big.iso", &bytes(4 << 20, 5));
     let mut first = f.spawn_sync();
-    f.wait_running(Duration::from_secs(20));
+    f.wait_running(M, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    first.wait().unwrap();
+    // SIGKILL, then reaped.
+    first.kill();
 
-    f.set_mirror_extra("");
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    f.set_opts(M, opts());
+    let out = f.sync().status(0).run();
+    let err = stderr(&out);
     assert!(err.contains("run #1") && err.contains("died"), "{err}");
     assert!(
         !err.contains("queued"),
         "the lock must be free at once: {err}"
     );
-    let s = f.state();
+    let s = f.state(M);
     assert_eq!(s["runs"][0]["run"], 1);
     assert_eq!(s["runs"][0]["result"], "died");
     assert_eq!(s["runs"][1]["result"], "success");
@@ -240,52 +224,43 @@ fn after_kill_9_of_a_running_sync_the_next_request_proceeds_and_records_the_deat
 
 #[test]
 fn max_delete_stops_a_wiped_upstream_before_anything_is_deleted_or_published() {
-    let f = Fixture::new("max_delete = 2");
+    let mut f = Fixture::new(opts().max_delete(2));
     for i in 0..5 {
-        f.put(&format!("f{i}.iso"), &bytes(1000, i));
+        f.put(M, &format!("f{i}.iso"), &bytes(1000, i));
     }
-    f.put("SHA256SUMS", b"old\n");
-    assert!(f.sync().status.success());
+    f.put(M, "SHA256SUMS", b"old\n");
+    f.sync().status(0).run();
     for i in 0..4 {
         std::fs::remove_file(f.upstream.join(format!("f{i}.iso"))).unwrap();
     }
-    f.put("SHA256SUMS", b"new checksums\n");
-    let out = f.sync();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("max_delete"),
-        "{}",
-        text(&out)
-    );
+    f.put(M, "SHA256SUMS", b"new checksums\n");
+    f.sync().status(1).stderr_contains("max_delete").run();
     for i in 0..5 {
         assert!(f.dest_path(&format!("f{i}.iso")).exists());
     }
     assert_eq!(std::fs::read(f.dest_path("SHA256SUMS")).unwrap(), b"old\n");
-    assert_eq!(f.state()["runs"][1]["rsync_exit"], 25);
+    assert_eq!(f.state(M)["runs"][1]["rsync_exit"], 25);
 
-    f.set_mirror_extra("max_delete = 4");
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    f.set_opts(M, opts().max_delete(4));
+    f.sync().status(0).run();
     assert!(!f.dest_path("f0.iso").exists());
     assert_eq!(
         std::fs::read(f.dest_path("SHA256SUMS")).unwrap(),
         b"new checksums\n"
     );
-    assert_eq!(f.state()["runs"][2]["deleted"], 4);
+    assert_eq!(f.state(M)["runs"][2]["deleted"], 4);
 }
 
 #[test]
 fn a_request_that_waits_longer_than_queue_timeout_exits_75() {
-    let f = Fixture::new("bwlimit = 1000\nqueue_timeout = 1");
-    f.put("big.iso", &bytes(4 << 20, 6));
-    let mut first = f.spawn_sync();
-    f.wait_running(Duration::from_secs(20));
-    let out = f.sync();
-    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("queue_timeout"));
-    assert!(first.wait().unwrap().success());
+    let f = Fixture::new(opts().bwlimit(1000).queue_timeout(1));
+    f.put(M, "big.iso", &bytes(4 << 20, 6));
+    let first = f.spawn_sync();
+    f.wait_running(M, Duration::from_secs(20));
+    f.sync().status(75).stderr_contains("queue_timeout").run();
+    first.finish();
     assert_eq!(
-        f.state()["last_started"],
+        f.state(M)["last_started"],
         1,
         "a request that gave up causes no run"
     );
@@ -293,31 +268,30 @@ fn a_request_that_waits_longer_than_queue_timeout_exits_75() {
 
 #[test]
 fn leftovers_of_an_aborted_run_are_cleaned() {
-    let f = Fixture::new("");
-    f.put("sub/a.iso", b"a");
-    assert!(f.sync().status.success());
+    let f = Fixture::new(opts());
+    f.put(M, "sub/a.iso", b"a");
+    f.sync().status(0).run();
     // An aborted run leaves the (otherwise removed) temp dir with a partial file.
     std::fs::create_dir_all(f.dest_path(".syncgate-tmp")).unwrap();
     std::fs::write(f.dest_path(".syncgate-tmp/.a.iso.XXXXXX"), b"partial").unwrap();
     std::fs::create_dir_all(f.dest_path("sub/.~tmp~")).unwrap();
     std::fs::write(f.dest_path("sub/.~tmp~/a.iso"), b"delayed").unwrap();
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    f.sync().status(0).run();
     assert!(!f.dest_path(".syncgate-tmp/.a.iso.XXXXXX").exists());
     assert!(!f.dest_path("sub/.~tmp~").exists());
 }
 
 #[test]
 fn a_corrupt_state_file_is_replaced_with_a_warning_and_no_false_success() {
-    let f = Fixture::new("");
-    f.put("a.iso", b"a");
-    assert!(f.sync().status.success());
+    let f = Fixture::new(opts());
+    f.put(M, "a.iso", b"a");
+    f.sync().status(0).run();
     std::fs::write(
         f.state.join("m.state.json"),
         b"{\"version\": 1, \"runs\": [tru",
     )
     .unwrap();
-    let st = f.cmd(&["status", "--json"]).output().unwrap();
+    let st = f.syncgate().args(["status", "--json"]).status(0).run();
     let doc: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert!(doc["mirrors"][0]["warning"]
         .as_str()
@@ -327,21 +301,19 @@ fn a_corrupt_state_file_is_replaced_with_a_warning_and_no_false_success() {
         doc["mirrors"][0]["last_success"].is_null(),
         "no success may be claimed from a corrupt file"
     );
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"));
+    f.sync().status(0).stderr_contains("corrupt").run();
 }
 
 #[test]
 fn status_json_reports_idle_running_waiting_and_the_last_run() {
-    let f = Fixture::new("bwlimit = 1000");
-    f.put("big.iso", &bytes(3 << 20, 7));
-    let mut first = f.spawn_sync();
-    f.wait_running(Duration::from_secs(20));
-    let mut second = f.spawn_sync();
+    let f = Fixture::new(opts().bwlimit(1000));
+    f.put(M, "big.iso", &bytes(3 << 20, 7));
+    let first = f.spawn_sync();
+    f.wait_running(M, Duration::from_secs(20));
+    let second = f.spawn_sync();
     let until = Instant::now() + Duration::from_secs(10);
     let doc = loop {
-        let out = f.cmd(&["status", "m", "--json"]).output().unwrap();
+        let out = f.syncgate().args(["status", M, "--json"]).status(0).run();
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         if doc["mirrors"][0]["waiting"] == 1 || Instant::now() > until {
             break doc;
@@ -352,9 +324,9 @@ fn status_json_reports_idle_running_waiting_and_the_last_run() {
     assert_eq!(m["state"], "running");
     assert_eq!(m["running"]["run"], 1);
     assert_eq!(m["waiting"], 1);
-    assert!(first.wait().unwrap().success());
-    assert!(second.wait().unwrap().success());
-    let out = f.cmd(&["status", "--json"]).output().unwrap();
+    first.finish();
+    second.finish();
+    let out = f.syncgate().args(["status", "--json"]).status(0).run();
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = &doc["mirrors"][0];
     assert_eq!(m["state"], "idle");
@@ -367,20 +339,16 @@ fn config_error(body: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("syncgate.toml");
     std::fs::write(&p, body).unwrap();
-    let out = std::process::Command::new(crate::fixture::syncgate())
-        .arg("--config")
-        .arg(&p)
-        .args(["status"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    String::from_utf8_lossy(&out.stderr).replace(&p.display().to_string(), "CFG")
+    let mut cmd = std::process::Command::new(syncgate_bin());
+    cmd.arg("--config").arg(&p).args(["status"]);
+    let out = Test::new(cmd).status(78).run();
+    stderr(&out).replace(&p.display().to_string(), "CFG")
 }
 
 #[test]
 fn config_errors_name_the_file_the_line_and_the_key_and_exit_78() {
-    let user = crate::fixture::user_name();
-    let group = crate::fixture::group_name();
+    let user = user_name();
+    let group = group_name();
     let m = |extra: &str| {
         format!("state_dir = \"/tmp/s\"\nprivilege = \"direct\"\n[mirror.m]\nupstream = \"/srv/up\"\ndest = \"/srv/m\"\nowner = \"{user}\"\nreader_group = \"{group}\"\n{extra}")
     };
@@ -444,73 +412,63 @@ fn config_errors_name_the_file_the_line_and_the_key_and_exit_78() {
 
 #[test]
 fn usage_errors_exit_64_and_unknown_mirrors_are_named() {
-    let f = Fixture::new("");
-    let out = f.cmd(&["sync", "nope"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no mirror named \"nope\""));
-    let out = f.cmd(&["frobnicate"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    let f = Fixture::new(opts());
+    f.syncgate()
+        .args(["sync", "nope"])
+        .status(64)
+        .stderr_contains("no mirror named \"nope\"")
+        .run();
+    f.syncgate().args(["frobnicate"]).status(64).run();
 }
 
 #[test]
 fn a_sync_from_an_rsync_daemon_on_loopback_publishes_and_resyncs() {
-    let f = Fixture::new("");
-    f.put("r1/a.iso", &bytes(300_000, 8));
-    f.put("r1/SHA256SUMS", b"0  a.iso\n");
-    f.put("release.json", b"{\"current\": \"r1\"}\n");
+    let mut f = Fixture::new(opts());
+    f.put(M, "r1/a.iso", &bytes(300_000, 8));
+    f.put(M, "r1/SHA256SUMS", b"0  a.iso\n");
+    f.put(M, "release.json", b"{\"current\": \"r1\"}\n");
     let daemon = crate::support::RsyncDaemon::start(&[("iso", &f.upstream)]);
-    let cfg = std::fs::read_to_string(&f.config).unwrap().replace(
-        &format!("upstream = \"{}\"", f.upstream.display()),
-        &format!("upstream = \"{}\"", daemon.url("iso")),
-    );
-    std::fs::write(&f.config, cfg).unwrap();
+    f.reconfigure(|c| c.mirror_mut(M).upstream = daemon.url("iso"));
 
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    f.sync().status(0).run();
     assert_eq!(
         std::fs::read(f.dest_path("r1/a.iso")).unwrap(),
         bytes(300_000, 8)
     );
-    assert_eq!(f.state()["runs"][0]["files"], 3);
+    assert_eq!(f.state(M)["runs"][0]["files"], 3);
 
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    f.sync().status(0).run();
     assert_eq!(
-        f.state()["runs"][1]["files"],
+        f.state(M)["runs"][1]["files"],
         0,
         "a no-change resync transfers nothing"
     );
-    assert_eq!(f.state()["runs"][1]["bytes"], 0);
+    assert_eq!(f.state(M)["runs"][1]["bytes"], 0);
 }
 
 #[test]
 fn an_unreachable_upstream_fails_with_rsyncs_own_code_and_publishes_nothing() {
-    let f = Fixture::new("io_timeout = 5");
+    let mut f = Fixture::new(opts().io_timeout(5));
     let port = crate::support::free_port();
-    let cfg = std::fs::read_to_string(&f.config).unwrap().replace(
-        &format!("upstream = \"{}\"", f.upstream.display()),
-        &format!("upstream = \"rsync://127.0.0.1:{port}/iso/\""),
-    );
-    std::fs::write(&f.config, cfg).unwrap();
-    let out = f.sync();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    f.reconfigure(|c| c.mirror_mut(M).upstream = format!("rsync://127.0.0.1:{port}/iso/"));
+    let out = f.sync().status(1).run();
+    let err = stderr(&out);
     assert!(
         err.contains("rsync exit 10") || err.contains("rsync exited 10"),
         "{err}"
     );
-    assert_eq!(f.state()["runs"][0]["result"], "failed");
-    assert_eq!(f.state()["runs"][0]["rsync_exit"], 10);
+    assert_eq!(f.state(M)["runs"][0]["result"], "failed");
+    assert_eq!(f.state(M)["runs"][0]["rsync_exit"], 10);
 }
 
 #[test]
 fn a_lock_file_that_is_a_symlink_or_owned_by_someone_else_is_refused() {
-    let f = Fixture::new("");
-    f.put("a.iso", b"a");
-    assert!(f.sync().status.success());
+    let f = Fixture::new(opts());
+    f.put(M, "a.iso", b"a");
+    f.sync().status(0).run();
     let lock = f.state.join("m.lock");
     let ino = std::fs::metadata(&lock).unwrap().ino();
-    assert!(f.sync().status.success());
+    f.sync().status(0).run();
     assert_eq!(
         std::fs::metadata(&lock).unwrap().ino(),
         ino,
@@ -521,25 +479,16 @@ fn a_lock_file_that_is_a_symlink_or_owned_by_someone_else_is_refused() {
     let target = f.dir.path().join("elsewhere");
     std::fs::write(&target, b"").unwrap();
     std::os::unix::fs::symlink(&target, &lock).unwrap();
-    let out = f.sync();
-    assert_eq!(out.status.code(), Some(70), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("symlink"),
-        "{}",
-        text(&out)
-    );
+    f.sync().status(70).stderr_contains("symlink").run();
 
     if nix::unistd::geteuid().is_root() {
         std::fs::remove_file(&lock).unwrap();
         std::fs::write(&lock, b"").unwrap();
         std::os::unix::fs::chown(&lock, Some(12345), None).unwrap();
-        let out = f.sync();
-        assert_eq!(out.status.code(), Some(70), "{}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("owned by uid 12345"),
-            "{}",
-            text(&out)
-        );
+        f.sync()
+            .status(70)
+            .stderr_contains("owned by uid 12345")
+            .run();
     }
 }
 
@@ -548,13 +497,13 @@ fn a_lock_file_that_is_a_symlink_or_owned_by_someone_else_is_refused() {
 /// published together with the image they name.
 #[test]
 fn files_that_appear_upstream_between_the_stages_are_published_with_their_checksums() {
-    let f = Fixture::new("");
-    f.put("a.iso", b"a");
-    f.put("SHA256SUMS", b"0  a.iso\n");
-    assert!(f.sync().status.success());
+    let mut f = Fixture::new(opts());
+    f.put(M, "a.iso", b"a");
+    f.put(M, "SHA256SUMS", b"0  a.iso\n");
+    f.sync().status(0).run();
     // Upstream re-signs its checksums, so the plan sees a change in a last
     // file only and stage 1 finds nothing to copy.
-    f.put("SHA256SUMS", b"0  a.iso\n# signed again\n");
+    f.put(M, "SHA256SUMS", b"0  a.iso\n# signed again\n");
     // A wrapper around rsync that, after stage 1 (the run with
     // --max-delete=0), adds a new image and new checksums upstream.
     let marker = f.dir.path().join("stage1-done");
@@ -564,8 +513,7 @@ fn files_that_appear_upstream_between_the_stages_are_published_with_their_checks
             up = f.upstream.display()
         ));
 
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    f.sync().status(0).run();
     assert!(
         marker.exists(),
         "the wrapper changed upstream after stage 1"
@@ -585,25 +533,23 @@ fn files_that_appear_upstream_between_the_stages_are_published_with_their_checks
 /// cleared environment with a fixed PATH (and HOME, LC_ALL=C).
 #[test]
 fn rsync_never_inherits_the_callers_environment() {
-    let f = Fixture::new("");
-    f.put("a.iso", b"a");
+    let mut f = Fixture::new(opts());
+    f.put(M, "a.iso", b"a");
     let dump = f.dir.path().join("rsync-env");
     f.use_rsync_wrapper(&format!(
         "#!/bin/sh\n/usr/bin/env >> {}\nexec /usr/bin/rsync \"$@\"\n",
         dump.display()
     ));
 
-    let out = f
-        .cmd(&["sync", "m"])
+    f.sync()
         .env("LD_PRELOAD", "/nonexistent/evil.so")
         .env("RSYNC_RSH", "/bin/false")
         .env("RSYNC_CONNECT_PROG", "/bin/false")
         .env("LC_CTYPE", "xx_XX.UTF-8")
         .env("SSH_ORIGINAL_COMMAND", "sync; id")
         .env("PATH", "/tmp/evil:/usr/bin:/bin")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .status(0)
+        .run();
     let env = std::fs::read_to_string(&dump).unwrap();
     let names: std::collections::BTreeSet<&str> = env
         .lines()
@@ -630,27 +576,21 @@ fn rsync_never_inherits_the_callers_environment() {
 /// next one resumes its copy instead of starting over.
 #[test]
 fn a_first_sync_publishes_only_a_complete_copy_and_an_interrupted_one_is_resumed() {
-    let f = Fixture::new("bwlimit = 1000\ntimeout = 3");
+    let mut f = Fixture::new(opts().bwlimit(1000).timeout(3));
     let mut expected = BTreeMap::new();
     let mut sums = String::new();
     for i in 0..6 {
         let name = format!("d/img-{i}.iso");
         let b = bytes(1 << 20, 300 + i);
-        f.put(&name, &b);
+        f.put(M, &name, &b);
         sums.push_str(&format!("0  {name}\n"));
         expected.insert(name, b);
     }
-    f.put("SHA256SUMS", sums.as_bytes());
-    f.put("d/SHA256SUMS", b"inner checksums\n");
+    f.put(M, "SHA256SUMS", sums.as_bytes());
+    f.put(M, "d/SHA256SUMS", b"inner checksums\n");
 
     // 6 MiB at 1 MB/s against a 3 s timeout: stopped part-way.
-    let out = f.sync();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("timed out"),
-        "{}",
-        text(&out)
-    );
+    f.sync().status(1).stderr_contains("timed out").run();
     let visible: Vec<_> = std::fs::read_dir(&f.dest)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -682,7 +622,7 @@ fn a_first_sync_publishes_only_a_complete_copy_and_an_interrupted_one_is_resumed
     assert_eq!(mode, 0o700, "the staging copy must be private");
 
     // The resumed first sync, watched by a reader.
-    f.set_mirror_extra("bwlimit = 2000");
+    f.set_opts(M, opts().bwlimit(2000));
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (dest, expected, stop) = (f.dest.clone(), expected.clone(), stop.clone());
@@ -708,23 +648,19 @@ fn a_first_sync_publishes_only_a_complete_copy_and_an_interrupted_one_is_resumed
             (seen_dir, violations)
         })
     };
-    let out = f.sync();
+    // Renames are too quick for a reader to catch the order; syncgate
+    // says what it held back for last: both checksum files.
+    f.sync()
+        .status(0)
+        .stderr_contains("published 1 top-level entries, then 2 last files")
+        .run();
     std::thread::sleep(Duration::from_millis(50));
     stop.store(true, Ordering::SeqCst);
     let (seen, violations) = reader.join().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         violations,
         Vec::<String>::new(),
         "after {seen} observations of d/"
-    );
-    // Renames are too quick for a reader to catch the order; syncgate
-    // says what it held back for last: both checksum files.
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("published 1 top-level entries, then 2 last files"),
-        "{}",
-        text(&out)
     );
     assert!(seen > 0);
     for (name, want) in &expected {
@@ -735,7 +671,7 @@ fn a_first_sync_publishes_only_a_complete_copy_and_an_interrupted_one_is_resumed
         b"inner checksums\n"
     );
     assert!(!f.dest_path(".syncgate-tmp").exists());
-    let s = f.state();
+    let s = f.state(M);
     let resumed = s["runs"][1]["bytes"].as_u64().unwrap();
     assert!(
         resumed < 6 << 20,
@@ -748,26 +684,23 @@ fn a_first_sync_publishes_only_a_complete_copy_and_an_interrupted_one_is_resumed
 /// (a mode changed in dest) still takes the two-stage path and is fixed.
 #[test]
 fn a_resync_finds_nothing_changed_in_one_pass_and_still_notices_every_difference() {
-    let f = Fixture::new("");
-    f.put("r1/a.iso", b"a");
-    f.put("r1/SHA256SUMS", b"0  a.iso\n");
+    let f = Fixture::new(opts());
+    f.put(M, "r1/a.iso", b"a");
+    f.put(M, "r1/SHA256SUMS", b"0  a.iso\n");
     std::os::unix::fs::symlink("/etc/passwd", f.upstream.join("r1/evil")).unwrap();
     std::os::unix::fs::symlink("r1", f.upstream.join("current")).unwrap();
     nix::unistd::mkfifo(&f.upstream.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-    assert!(f.sync().status.success());
+    f.sync().status(0).run();
 
     // rsync compares mtimes to the second: anything that touched a
     // directory in dest after rsync set it (syncgate's own temp dir, the
     // first sync's renames) would show from now on.
     std::thread::sleep(Duration::from_millis(1100));
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        err.contains("unchanged: the mirror matches upstream"),
-        "{err}"
-    );
-    assert!(!err.contains("stage 1"), "{err}");
+    f.sync()
+        .status(0)
+        .stderr_contains("unchanged: the mirror matches upstream")
+        .stderr_lacks("stage 1")
+        .run();
 
     // An entry only dest has: the dry run itemizes nothing (the directory's
     // mtime is put back), but dest holds one entry too many.
@@ -779,14 +712,12 @@ fn a_resync_finds_nothing_changed_in_one_pass_and_still_notices_every_difference
         .status()
         .unwrap();
     assert!(st.success());
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        err.contains("dest holds entries upstream does not have"),
-        "{err}"
-    );
-    assert!(!f.dest_path("r1/stray.iso").exists(), "{err}");
+    let out = f
+        .sync()
+        .status(0)
+        .stderr_contains("dest holds entries upstream does not have")
+        .run();
+    assert!(!f.dest_path("r1/stray.iso").exists(), "{}", show(&out));
 
     // A mode changed in dest is itemized and put back.
     std::fs::set_permissions(
@@ -794,18 +725,14 @@ fn a_resync_finds_nothing_changed_in_one_pass_and_still_notices_every_difference
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let out = f.sync();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("entries differ from upstream"));
+    f.sync()
+        .status(0)
+        .stderr_contains("entries differ from upstream")
+        .run();
     assert_eq!(
         std::fs::metadata(f.dest_path("r1/a.iso")).unwrap().mode() & 0o7777,
         0o640
     );
     // And afterwards it is unchanged again.
-    let out = f.sync();
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unchanged"),
-        "{}",
-        text(&out)
-    );
+    f.sync().status(0).stderr_contains("unchanged").run();
 }

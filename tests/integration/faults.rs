@@ -20,7 +20,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,11 +29,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::fixture::{bytes, processes_mentioning, syncgate, text, Fixture};
+use crate::support::config::Opts;
+use crate::support::fixture::{Fixture, M};
 use crate::support::mirror_host::MirrorHost;
 use crate::support::observer::{sums, Observations, Observer};
+use crate::support::procs::processes_mentioning;
 use crate::support::{
-    self, e2e_test, fields, procs, run_ok, ChildGuard, Host, RsyncDaemon, SyslogReceiver,
+    self, bytes, e2e_test, fields, opts, procs, run_ok, stderr, syncgate_bin, wait_until,
+    ChildGuard, Host, Mirrors, RsyncDaemon, SyslogReceiver, Test,
 };
 
 // ---------------------------------------------------------------------------
@@ -48,74 +51,53 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
-        Rig::with(Fixture::new(""), SyslogReceiver::new())
+        Rig::with(Fixture::new(opts()), SyslogReceiver::new())
     }
 
     fn with(f: Fixture, log: SyslogReceiver) -> Rig {
-        let r = Rig { f, log };
-        r.configure(None, "");
+        let mut r = Rig { f, log };
+        r.configure(None, opts());
         r
     }
 
-    /// Rewrites the config: `upstream` (None: the local upstream directory)
-    /// and `extra` lines for the mirror table.
-    fn configure(&self, upstream: Option<&str>, extra: &str) {
-        let no_syslog = self.f.dir.path().join("no-syslog");
-        let mut t = self.f.config_text(extra).replace(
-            &no_syslog.display().to_string(),
-            &self.log.path().display().to_string(),
-        );
-        if let Some(u) = upstream {
-            t = t.replace(
-                &format!("upstream = \"{}\"", self.f.upstream.display()),
-                &format!("upstream = \"{u}\""),
-            );
-        }
-        fs::write(&self.f.config, t).unwrap();
+    /// Rewrites the config: audit lines to the receiver, `upstream` (None:
+    /// the local upstream directory) and the mirror's optional settings.
+    fn configure(&mut self, upstream: Option<&str>, opts: Opts) {
+        let socket = self.log.path().to_path_buf();
+        let upstream =
+            upstream.map_or_else(|| self.f.upstream.display().to_string(), str::to_string);
+        self.f.reconfigure(|c| {
+            c.syslog_socket = socket;
+            let m = c.mirror_mut(M);
+            m.upstream = upstream;
+            m.opts = opts;
+        });
     }
 
     /// Publishes `files` plus a `SHA256SUMS` naming them all (real hashes).
     fn release(&self, files: &[(&str, &[u8])]) {
         for (name, b) in files {
-            self.f.put(name, b);
+            self.f.put(M, name, b);
         }
-        self.f.put("SHA256SUMS", sums(files).as_bytes());
+        self.f.put(M, "SHA256SUMS", sums(files).as_bytes());
     }
 
+    #[track_caller]
     fn status(&self) -> serde_json::Value {
-        let out = self.f.cmd(&["status", "m", "--json"]).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        let out = self
+            .f
+            .syncgate()
+            .args(["status", M, "--json"])
+            .status(0)
+            .run();
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["mirrors"][0].clone()
-    }
-
-    fn last_run(&self) -> serde_json::Value {
-        self.f.state()["runs"]
-            .as_array()
-            .and_then(|r| r.last().cloned())
-            .unwrap_or_else(|| panic!("no finished run: {}", self.f.state()))
     }
 }
 
 /// The `n`-th (1-based) audit line of `event`, waiting up to 5 s for it.
+#[track_caller]
 fn audit(log: &SyslogReceiver, event: &str, n: usize) -> BTreeMap<String, String> {
-    let is = |l: &str| fields(l).get("event").map(String::as_str) == Some(event);
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found: Vec<String> = log.lines().into_iter().filter(|l| is(l)).collect();
-        if found.len() >= n {
-            return fields(&found[n - 1]);
-        }
-        assert!(
-            Instant::now() < until,
-            "no audit line #{n} with event={event}; got:\n{}",
-            log.lines().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    log.wait_events(event, n, Duration::from_secs(5))[n - 1].clone()
 }
 
 /// The summary line syncgate prints last for a request (`m: run #N ...`
@@ -128,14 +110,6 @@ fn summary<'a>(err: &'a str, mirror: &str) -> &'a str {
                 .is_some_and(|r| r.starts_with("run #") || r.starts_with("served by run #"))
         })
         .unwrap_or_else(|| panic!("no summary line for {mirror} in:\n{err}"))
-}
-
-/// How many audit lines of `event` arrived so far.
-fn count(log: &SyslogReceiver, event: &str) -> usize {
-    log.lines()
-        .iter()
-        .filter(|l| fields(l).get("event").map(String::as_str) == Some(event))
-        .count()
 }
 
 /// Prints the observer's figures and asserts a consistent tree.
@@ -194,14 +168,12 @@ fn assert_no_leftovers(what: &str, dest: &Path) {
 
 /// Waits up to `wait` until no process mentions `needle`; returns the rest.
 fn survivors(needle: &Path, wait: Duration) -> Vec<(i32, String)> {
-    let until = Instant::now() + wait;
-    loop {
-        let p = processes_mentioning(needle);
-        if p.is_empty() || Instant::now() >= until {
-            return p;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut p = Vec::new();
+    wait_until(wait, || {
+        p = processes_mentioning(needle);
+        p.is_empty()
+    });
+    p
 }
 
 fn ppid(pid: i32) -> Option<i32> {
@@ -215,18 +187,6 @@ fn ppid(pid: i32) -> Option<i32> {
 
 fn alive(pid: i32) -> bool {
     procs::all_pids().contains(&pid)
-}
-
-/// Waits up to `wait` for `cond`.
-fn wait_until(wait: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + wait;
-    while Instant::now() < until {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
 }
 
 /// Size of the biggest partial file rsync has in `dest/.syncgate-tmp`.
@@ -303,18 +263,17 @@ impl Drop for HungUpstream {
 
 #[test]
 fn an_upstream_that_is_down_fails_with_rsyncs_code_10_and_an_audit_line() {
-    let r = Rig::new();
+    let mut r = Rig::new();
     let iso = bytes(50_000, 101);
     r.release(&[("a.iso", &iso)]);
     // Nothing listens on this port.
     let port = support::free_port();
     r.configure(
         Some(&format!("rsync://127.0.0.1:{port}/iso/")),
-        "io_timeout = 5",
+        opts().io_timeout(5),
     );
     let t = Instant::now();
-    let out = r.f.sync();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = r.f.sync().status(1).run();
     assert!(t.elapsed() < Duration::from_secs(30));
     let err = stderr(&out);
     let line = summary(&err, "m");
@@ -329,15 +288,14 @@ fn an_upstream_that_is_down_fails_with_rsyncs_code_10_and_an_audit_line() {
     assert_eq!(o["rsync_exit"], "10", "{o:?}");
     assert_eq!(o["exit"], "1", "{o:?}");
     assert!(o["message"].contains("rsync exited 10"), "{o:?}");
-    assert_eq!(r.last_run()["result"], "failed");
+    assert_eq!(r.f.last_run(M)["result"], "failed");
     assert!(!r.f.dest_path("a.iso").exists() && !r.f.dest_path("SHA256SUMS").exists());
     assert!(r.status()["last_success"].is_null());
 
     // The upstream comes up: the next request works.
     let daemon = RsyncDaemon::start(&[("iso", &r.f.upstream)]);
-    r.configure(Some(&daemon.url("iso")), "io_timeout = 5");
-    let out = r.f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    r.configure(Some(&daemon.url("iso")), opts().io_timeout(5));
+    r.f.sync().status(0).run();
     assert_eq!(fs::read(r.f.dest_path("a.iso")).unwrap(), iso);
     assert_eq!(audit(&r.log, "outcome", 2)["result"], "success");
 }
@@ -347,36 +305,38 @@ fn an_upstream_that_is_down_fails_with_rsyncs_code_10_and_an_audit_line() {
 
 #[test]
 fn an_upstream_killed_mid_transfer_publishes_nothing_half_done_and_the_next_sync_works() {
-    let r = Rig::new();
+    let mut r = Rig::new();
     let v1 = bytes(100_000, 201);
     r.release(&[("a.iso", &v1)]);
     let mut daemon = RsyncDaemon::start(&[("iso", &r.f.upstream)]);
-    r.configure(Some(&daemon.url("iso")), "io_timeout = 20");
-    let out = r.f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    r.configure(Some(&daemon.url("iso")), opts().io_timeout(20));
+    r.f.sync().status(0).run();
 
     // Release 2: a big image, new checksums; the transfer is slowed down.
     let big = bytes(6 << 20, 202);
     r.release(&[("a.iso", &v1), ("big.iso", &big)]);
     let old_sums = fs::read(r.f.dest_path("SHA256SUMS")).unwrap();
-    r.configure(Some(&daemon.url("iso")), "io_timeout = 20\nbwlimit = 1000");
+    r.configure(
+        Some(&daemon.url("iso")),
+        opts().io_timeout(20).bwlimit(1000),
+    );
     let obs = Observer::start(&r.f.dest);
-    let child = r.f.spawn_sync();
-    r.f.wait_running(Duration::from_secs(20));
+    let child = r.f.sync().status(1).spawn();
+    r.f.wait_running(M, Duration::from_secs(20));
     assert!(
         wait_until(Duration::from_secs(20), || partial_bytes(&r.f.dest)
-            > 100_000),
+            > 100_000)
+        .is_some(),
         "the big file never started to arrive"
     );
     daemon.kill();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = child.finish();
     let err = stderr(&out);
     let line = summary(&err, "m");
     eprintln!("upstream killed mid-transfer: {line}");
     assert!(line.contains("run #2 FAILED"), "{err}");
     assert!(line.contains("stage 1 failed: rsync exited"), "{err}");
-    let rec = r.last_run();
+    let rec = r.f.last_run(M);
     assert_eq!(rec["result"], "failed");
     let code = rec["rsync_exit"].as_i64().unwrap();
     assert!(matches!(code, 10 | 12 | 30), "rsync exit {code}: {err}");
@@ -390,9 +350,8 @@ fn an_upstream_killed_mid_transfer_publishes_nothing_half_done_and_the_next_sync
 
     // A restarted daemon (another port): the next sync completes release 2.
     let daemon = RsyncDaemon::start(&[("iso", &r.f.upstream)]);
-    r.configure(Some(&daemon.url("iso")), "io_timeout = 20");
-    let out = r.f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    r.configure(Some(&daemon.url("iso")), opts().io_timeout(20));
+    r.f.sync().status(0).run();
     assert_eq!(fs::read(r.f.dest_path("big.iso")).unwrap(), big);
     assert!(!r.f.dest_path(".syncgate-tmp").exists());
     let obs = obs.finish();
@@ -404,10 +363,10 @@ fn an_upstream_killed_mid_transfer_publishes_nothing_half_done_and_the_next_sync
 
 #[test]
 fn a_hung_upstream_is_cut_off_by_io_timeout_or_the_wall_clock_and_leaves_no_rsync() {
-    let r = Rig::new();
+    let mut r = Rig::new();
     let v1 = bytes(80_000, 301);
     r.release(&[("a.iso", &v1)]);
-    assert!(r.f.sync().status.success());
+    r.f.sync().status(0).run();
     let old_sums = fs::read(r.f.dest_path("SHA256SUMS")).unwrap();
     r.release(&[("a.iso", &v1), ("b.iso", b"release 2")]);
 
@@ -415,11 +374,10 @@ fn a_hung_upstream_is_cut_off_by_io_timeout_or_the_wall_clock_and_leaves_no_rsyn
     let obs = Observer::start(&r.f.dest);
 
     // io_timeout: rsync gives up on its own (code 30).
-    r.configure(Some(&hung.url()), "io_timeout = 3\ntimeout = 60");
+    r.configure(Some(&hung.url()), opts().io_timeout(3).timeout(60));
     let t = Instant::now();
-    let out = r.f.sync();
+    let out = r.f.sync().status(1).run();
     let took = t.elapsed();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(took < Duration::from_secs(30), "took {took:?}");
     let err = stderr(&out);
     eprintln!(
@@ -428,7 +386,7 @@ fn a_hung_upstream_is_cut_off_by_io_timeout_or_the_wall_clock_and_leaves_no_rsyn
     );
     assert!(summary(&err, "m").contains("rsync exited 30"), "{err}");
     assert!(summary(&err, "m").contains("io timeout"), "{err}");
-    assert_eq!(r.last_run()["result"], "failed");
+    assert_eq!(r.f.last_run(M)["result"], "failed");
     let o = audit(&r.log, "outcome", 2);
     assert_eq!(
         (o["result"].as_str(), o["rsync_exit"].as_str()),
@@ -441,11 +399,10 @@ fn a_hung_upstream_is_cut_off_by_io_timeout_or_the_wall_clock_and_leaves_no_rsyn
     );
 
     // A long io_timeout: the wall-clock timeout stops rsync.
-    r.configure(Some(&hung.url()), "io_timeout = 600\ntimeout = 3");
+    r.configure(Some(&hung.url()), opts().io_timeout(600).timeout(3));
     let t = Instant::now();
-    let out = r.f.sync();
+    let out = r.f.sync().status(1).run();
     let took = t.elapsed();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(took < Duration::from_secs(30), "took {took:?}");
     eprintln!(
         "hung upstream, wall clock: {} (after {took:?})",
@@ -454,9 +411,9 @@ fn a_hung_upstream_is_cut_off_by_io_timeout_or_the_wall_clock_and_leaves_no_rsyn
     assert!(
         summary(&stderr(&out), "m").contains("timed out"),
         "{}",
-        text(&out)
+        support::show(&out)
     );
-    assert_eq!(r.last_run()["result"], "timeout");
+    assert_eq!(r.f.last_run(M)["result"], "timeout");
     let o = audit(&r.log, "outcome", 3);
     assert_eq!((o["result"].as_str(), o["exit"].as_str()), ("timeout", "1"));
     assert_eq!(survivors(&r.f.dest, Duration::from_secs(3)), vec![]);
@@ -466,9 +423,8 @@ fn a_hung_upstream_is_cut_off_by_io_timeout_or_the_wall_clock_and_leaves_no_rsyn
     assert!(!r.f.dest_path("b.iso").exists());
 
     // Upstream answers again.
-    r.configure(None, "");
-    let out = r.f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    r.configure(None, opts());
+    r.f.sync().status(0).run();
     assert_eq!(fs::read(r.f.dest_path("b.iso")).unwrap(), b"release 2");
     let obs = obs.finish();
     assert_consistent("hung-upstream", &obs);
@@ -530,16 +486,14 @@ e2e_test! {
         let a = bytes(300_000, 401);
         mh.put("iso", "a.iso", &a);
         mh.put("iso", "SHA256SUMS", sums(&[("a.iso", &a)]).as_bytes());
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        mh.ssh(Some("sync")).status(0).run();
         let old_sums = fs::read(dest.join("SHA256SUMS")).unwrap();
 
         let big = bytes(3 << 20, 402);
         mh.put("iso", "big.iso", &big);
         mh.put("iso", "SHA256SUMS", sums(&[("a.iso", &a), ("big.iso", &big)]).as_bytes());
         let obs = Observer::start(&dest);
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", support::show(&out));
+        let out = mh.ssh(Some("sync")).status(1).run();
         let err = stderr(&out);
         let line = summary(&err, "iso");
         eprintln!("full dest: {line}");
@@ -553,8 +507,7 @@ e2e_test! {
 
         // More space: the next sync publishes release 2.
         disk.remount("size=16m");
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        mh.ssh(Some("sync")).status(0).run();
         assert_eq!(fs::read(dest.join("big.iso")).unwrap(), big);
         assert_eq!(audit(&mh.log, "outcome", 3)["result"], "success");
         let obs = obs.finish();
@@ -572,35 +525,32 @@ e2e_test! {
     fn a_full_state_dir_is_an_internal_error_and_never_a_silent_success() {
         let host = Host::new();
         let dir = tempfile::Builder::new().prefix("faults-").tempdir_in(host.workspace()).unwrap();
-        let f = Fixture {
-            upstream: dir.path().join("upstream"),
-            dest: dir.path().join("dest"),
-            state: dir.path().join("state"),
-            config: dir.path().join("syncgate.toml"),
-            dir,
-        };
+        let f = Fixture::in_dir(dir, opts());
         fs::create_dir(&f.upstream).unwrap();
         fs::create_dir(&f.state).unwrap();
-        let r = Rig::with(f, host.syslog());
+        let mut r = Rig::with(f, host.syslog());
         let disk = Tmpfs::mount(&r.f.state, "size=64k,mode=0750");
         let a = bytes(100_000, 411);
         r.release(&[("a.iso", &a)]);
-        let out = r.f.sync();
-        assert!(out.status.success(), "{}", text(&out));
+        r.f.sync().status(0).run();
 
         let big = bytes(3 << 20, 412);
         r.release(&[("a.iso", &a), ("big.iso", &big)]);
-        r.configure(None, "bwlimit = 1000");
+        r.configure(None, opts().bwlimit(1000));
         let obs = Observer::start(&r.f.dest);
-        let child = r.f.spawn_sync();
-        assert_eq!(r.f.wait_running(Duration::from_secs(20)), 2);
+        let child = r
+            .f
+            .sync()
+            .status(70)
+            .stderr_contains("No space left on device")
+            .stderr_contains("run #2 ended (success) but its result could not be recorded")
+            .stderr_lacks("succeeded")
+            .spawn();
+        assert_eq!(r.f.wait_running(M, Duration::from_secs(20))["running"]["run"], 2);
         let filled = fill(&r.f.state);
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(70), "filled {filled} bytes; {}", text(&out));
+        eprintln!("full state dir: filled {filled} bytes");
+        let out = child.finish();
         let err = stderr(&out);
-        assert!(err.contains("No space left on device"), "{err}");
-        assert!(err.contains("run #2 ended (success) but its result could not be recorded"), "{err}");
-        assert!(!err.contains("succeeded"), "{err}");
         eprintln!("full state dir: {}", err.lines().last().unwrap_or_default());
         let o = audit(&r.log, "outcome", 2);
         assert_eq!((o["result"].as_str(), o["exit"].as_str()), ("error", "70"), "{o:?}");
@@ -609,22 +559,19 @@ e2e_test! {
         assert_eq!(st["last_run"]["run"], 1, "run 2 must not be recorded as finished: {st:#}");
 
         // Still full: the next request cannot record the lost run and runs nothing.
-        r.f.put("late.iso", b"late");
-        r.configure(None, "");
-        let out = r.f.sync();
-        assert_eq!(out.status.code(), Some(70), "{}", text(&out));
-        assert!(stderr(&out).contains("No space left on device"), "{}", text(&out));
+        r.f.put(M, "late.iso", b"late");
+        r.configure(None, opts());
+        r.f.sync().status(70).stderr_contains("No space left on device").run();
         assert!(!r.f.dest_path("late.iso").exists());
         assert_eq!(audit(&r.log, "outcome", 3)["exit"], "70");
-        assert_eq!(count(&r.log, "run-start"), 2, "no run may start while the state dir is full");
+        assert_eq!(r.log.events("run-start").len(), 2, "no run may start while the state dir is full");
 
         // Space back.
         fs::remove_file(r.f.state.join("FILLER")).unwrap();
-        let out = r.f.sync();
-        assert!(out.status.success(), "{}", text(&out));
+        let out = r.f.sync().status(0).run();
         let err = stderr(&out);
         assert!(err.contains("run #2") && err.contains("died"), "{err}");
-        let s = r.f.state();
+        let s = r.f.state(M);
         let results: Vec<(u64, String)> = s["runs"].as_array().unwrap().iter()
             .map(|r| (r["run"].as_u64().unwrap(), r["result"].as_str().unwrap().to_string()))
             .collect();
@@ -679,9 +626,9 @@ enum GateKill {
 fn kill_gate_round(mh: &mut MirrorHost, when: GateKill, killed_run: u64) {
     let dest = mh.dest("iso");
     let tag = format!("{when:?}");
-    mh.set_mirror_extra("iso", "bwlimit = 1000\n");
+    mh.set_opts("iso", opts().bwlimit(1000));
     let err_path = mh.path(format!("killed-{tag}.stderr"));
-    let mut cmd = mh.ssh(Some("sync"));
+    let mut cmd = mh.ssh_command(Some("sync"));
     cmd.stdout(Stdio::null())
         .stderr(fs::File::create(&err_path).unwrap());
     let mut client = ChildGuard::spawn(&mut cmd, "ssh sync");
@@ -690,7 +637,8 @@ fn kill_gate_round(mh: &mut MirrorHost, when: GateKill, killed_run: u64) {
     let started = wait_until(Duration::from_secs(30), || {
         partial_bytes(&dest) > 100_000
             && (when != GateKill::Stage2 || !owner_procs(uid, "--delay-updates").is_empty())
-    });
+    })
+    .is_some();
     assert!(
         started,
         "{tag}: the transfer never got going: {}",
@@ -733,7 +681,8 @@ fn kill_gate_round(mh: &mut MirrorHost, when: GateKill, killed_run: u64) {
         assert!(
             wait_until(Duration::from_secs(15), || old_owner
                 .iter()
-                .all(|&p| !alive(p))),
+                .all(|&p| !alive(p)))
+            .is_some(),
             "{tag}: the old run's processes survive:\n{}",
             procs::describe_pids(&old_owner)
         );
@@ -765,11 +714,10 @@ fn kill_gate_round(mh: &mut MirrorHost, when: GateKill, killed_run: u64) {
     };
 
     // The next request, at once and without a bandwidth limit.
-    mh.set_mirror_extra("iso", "");
-    let out = mh.ssh(Some("sync")).output().unwrap();
+    mh.set_opts("iso", opts());
+    let out = mh.ssh(Some("sync")).status(0).context(|| tag.clone()).run();
     stop.store(true, Ordering::SeqCst);
     let (overlaps, old_gone_after) = watcher.join().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{tag}: {}", support::show(&out));
     let err = stderr(&out);
     assert!(
         !err.contains("queued"),
@@ -851,8 +799,7 @@ e2e_test! {
         let a = bytes(100_000, 501);
         mh.put("iso", "a.iso", &a);
         mh.put("iso", "SHA256SUMS", sums(&[("a.iso", &a)]).as_bytes());
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        mh.ssh(Some("sync")).status(0).run();
         let obs = Observer::start(&dest);
 
         // Stage 1: a big image.
@@ -904,7 +851,8 @@ fn kill_transfer_rsync(r: &Rig, stage2: bool) {
     assert!(
         wait_until(Duration::from_secs(20), || {
             partial_bytes(&r.f.dest) > 100_000 && rsync().len() == 1
-        }),
+        })
+        .is_some(),
         "the transfer never got going: {:?}",
         processes_mentioning(&r.f.dest)
     );
@@ -919,10 +867,10 @@ fn kill_transfer_rsync(r: &Rig, stage2: bool) {
 
 #[test]
 fn kill_9_of_rsync_alone_fails_the_run_naming_rsyncs_death_and_the_next_sync_works() {
-    let r = Rig::new();
+    let mut r = Rig::new();
     let a = bytes(100_000, 511);
     r.release(&[("a.iso", &a)]);
-    assert!(r.f.sync().status.success());
+    r.f.sync().status(0).run();
     let obs = Observer::start(&r.f.dest);
 
     for (round, stage2) in [(2u64, false), (4, true)] {
@@ -931,16 +879,15 @@ fn kill_9_of_rsync_alone_fails_the_run_naming_rsyncs_death_and_the_next_sync_wor
         if stage2 {
             // New checksums (small, first), then a big marker.
             r.release(&[("a.iso", &a), ("c.iso", b"c")]);
-            r.f.put("release.json", &big);
+            r.f.put(M, "release.json", &big);
         } else {
             r.release(&[("a.iso", &a), ("big.iso", &big)]);
         }
-        r.configure(None, "bwlimit = 1000");
-        let child = r.f.spawn_sync();
+        r.configure(None, opts().bwlimit(1000));
+        let child = r.f.sync().status(1).spawn();
         kill_transfer_rsync(&r, stage2);
 
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let out = child.finish();
         let err = stderr(&out);
         let line = summary(&err, "m");
         eprintln!("killed rsync (stage 2: {stage2}): {line}");
@@ -952,7 +899,7 @@ fn kill_9_of_rsync_alone_fails_the_run_naming_rsyncs_death_and_the_next_sync_wor
                 )),
             "{err}"
         );
-        assert_eq!(r.last_run()["result"], "failed");
+        assert_eq!(r.f.last_run(M)["result"], "failed");
         let o = audit(&r.log, "outcome", round as usize);
         assert_eq!((o["result"].as_str(), o["exit"].as_str()), ("failed", "1"));
         assert!(o["message"].contains("killed by signal 9"), "{o:?}");
@@ -963,9 +910,8 @@ fn kill_9_of_rsync_alone_fails_the_run_naming_rsyncs_death_and_the_next_sync_wor
         assert!(!r.f.dest_path(name).exists());
         assert_no_leftovers(stage, &r.f.dest);
 
-        r.configure(None, "");
-        let out = r.f.sync();
-        assert!(out.status.success(), "{}", text(&out));
+        r.configure(None, opts());
+        r.f.sync().status(0).run();
         assert_eq!(fs::read(r.f.dest_path(name)).unwrap(), big);
         fs::remove_file(r.f.upstream.join(name)).unwrap();
     }
@@ -980,7 +926,7 @@ fn kill_9_of_rsync_alone_fails_the_run_naming_rsyncs_death_and_the_next_sync_wor
 fn corrupt_truncated_and_garbage_state_files_warn_in_the_audit_and_never_claim_success() {
     let r = Rig::new();
     r.release(&[("a.iso", b"a")]);
-    assert!(r.f.sync().status.success());
+    r.f.sync().status(0).run();
     let good = fs::read(r.f.state.join("m.state.json")).unwrap();
     assert!(r.status()["last_success"].is_u64());
 
@@ -1012,9 +958,11 @@ fn corrupt_truncated_and_garbage_state_files_warn_in_the_audit_and_never_claim_s
             "{case}: no success from a corrupt file: {st:#}"
         );
         assert!(st["last_run"].is_null(), "{case}: {st:#}");
-        let out = r.f.sync();
-        assert!(out.status.success(), "{case}: {}", text(&out));
-        assert!(stderr(&out).contains("corrupt"), "{case}: {}", text(&out));
+        r.f.sync()
+            .status(0)
+            .stderr_contains("corrupt")
+            .context(|| format!("case: {case}"))
+            .run();
         let w = audit(&r.log, "state-corrupt", n + 1);
         eprintln!("state file {case}: audit detail={:?}", w["detail"]);
         assert_eq!(w["mirror"], "m", "{case}: {w:?}");
@@ -1025,7 +973,7 @@ fn corrupt_truncated_and_garbage_state_files_warn_in_the_audit_and_never_claim_s
             "{case}: the file was replaced: {st:#}"
         );
         assert_eq!(st["last_run"]["result"], "success", "{case}: {st:#}");
-        assert_eq!(r.f.state()["runs"].as_array().unwrap().len(), 1, "{case}");
+        assert_eq!(r.f.state(M)["runs"].as_array().unwrap().len(), 1, "{case}");
     }
 }
 
@@ -1036,27 +984,34 @@ const NOBODY: u32 = 65534;
 
 /// `syncgate ARGS` as an unprivileged user: `nobody` via setpriv when we are
 /// root (root ignores modes), else ourselves.
-fn unprivileged(args: &[&OsArg]) -> Output {
+fn unprivileged(args: &[&OsArg]) -> Test<'static> {
     let mut cmd = if nix::unistd::geteuid().is_root() {
         let mut c = Command::new(support::require_tool("setpriv"));
         c.arg(format!("--reuid={NOBODY}"))
             .arg(format!("--regid={NOBODY}"))
             .arg("--clear-groups")
             .arg("--")
-            .arg(syncgate());
+            .arg(syncgate_bin());
         c
     } else {
-        Command::new(syncgate())
+        Command::new(syncgate_bin())
     };
-    cmd.args(args).stdin(Stdio::null()).output().unwrap()
+    cmd.args(args).stdin(Stdio::null());
+    Test::new(cmd)
 }
 
 type OsArg = std::ffi::OsStr;
 
-fn one_line(out: &Output) -> String {
+#[track_caller]
+fn one_line(out: &std::process::Output) -> String {
     let err = stderr(out);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "want exactly one line: {}", text(out));
+    assert_eq!(
+        lines.len(),
+        1,
+        "want exactly one line: {}",
+        support::show(out)
+    );
     lines[0].to_string()
 }
 
@@ -1076,8 +1031,7 @@ fn an_unwritable_state_dir_exits_70_and_a_broken_config_exits_78_each_with_one_l
 
     // Read-only state dir, no lock file yet.
     fs::set_permissions(&r.f.state, fs::Permissions::from_mode(0o500)).unwrap();
-    let out = unprivileged(&sync);
-    assert_eq!(out.status.code(), Some(70), "{}", text(&out));
+    let out = unprivileged(&sync).status(70).run();
     let line = one_line(&out);
     eprintln!("read-only state dir, no lock file: exit 70: {line}");
     assert!(
@@ -1101,8 +1055,7 @@ fn an_unwritable_state_dir_exits_70_and_a_broken_config_exits_78_each_with_one_l
         nix::unistd::chown(&lock, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
     }
     fs::set_permissions(&r.f.state, fs::Permissions::from_mode(0o500)).unwrap();
-    let out = unprivileged(&sync);
-    assert_eq!(out.status.code(), Some(70), "{}", text(&out));
+    let out = unprivileged(&sync).status(70).run();
     let line = one_line(&out);
     eprintln!("read-only state dir: exit 70: {line}");
     assert!(
@@ -1117,25 +1070,22 @@ fn an_unwritable_state_dir_exits_70_and_a_broken_config_exits_78_each_with_one_l
     fs::set_permissions(&r.f.state, fs::Permissions::from_mode(0o700)).unwrap();
     fs::remove_dir_all(&r.f.state).unwrap();
     fs::write(&r.f.state, b"not a directory").unwrap();
-    let out = r.f.sync();
-    assert_eq!(out.status.code(), Some(70), "{}", text(&out));
+    let out = r.f.sync().status(70).run();
     eprintln!("state_dir is a file: exit 70: {}", one_line(&out));
     assert!(
         one_line(&out).contains("is not a directory"),
         "{}",
-        text(&out)
+        support::show(&out)
     );
 
     // Writable again: the next request works.
     fs::remove_file(&r.f.state).unwrap();
-    let out = r.f.sync();
-    assert!(out.status.success(), "{}", text(&out));
+    r.f.sync().status(0).run();
 
     // Unreadable config (only matters when not root: root reads anything).
     fs::set_permissions(&r.f.config, fs::Permissions::from_mode(0o600)).unwrap();
     if root {
-        let out = unprivileged(&sync);
-        assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+        let out = unprivileged(&sync).status(78).run();
         let line = one_line(&out);
         eprintln!("unreadable config: exit 78: {line}");
         assert!(
@@ -1145,22 +1095,19 @@ fn an_unwritable_state_dir_exits_70_and_a_broken_config_exits_78_each_with_one_l
     }
     // Missing config.
     let missing = r.f.dir.path().join("missing.toml");
-    let out = Command::new(syncgate())
-        .arg("--config")
+    let mut cmd = Command::new(syncgate_bin());
+    cmd.arg("--config")
         .arg(&missing)
         .args(["sync", "m"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+        .stdin(Stdio::null());
+    let out = Test::new(cmd).status(78).run();
     let line = one_line(&out);
     eprintln!("missing config: exit 78: {line}");
     assert!(
         line.contains(&config_str(&missing)) && line.contains("No such file"),
         "{line}"
     );
-    let out = r.f.cmd(&["status", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    r.f.syncgate().args(["status", "--json"]).status(0).run();
 }
 
 fn config_str(p: &Path) -> String {

@@ -3,145 +3,21 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixture::bytes;
-use crate::support::mirror_host::{MirrorHost, JENKINS};
-use crate::support::{self, e2e_test, fields, procs};
+use crate::support::cmd::Running;
+use crate::support::mirror_host::MirrorHost;
+use crate::support::{
+    self, assert_contains, assert_eventually, bytes, e2e_test, fields, opts, procs, stderr, Key,
+    Mirrors,
+};
 
 /// Long enough for any single ssh request or sync in these tests.
 const SLOW: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- helpers
-
-/// An ssh client running in the background, its output collected by
-/// threads. Killed and reaped on drop if still running.
-struct Client {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    out: Option<JoinHandle<Vec<u8>>>,
-    err: Option<JoinHandle<Vec<u8>>>,
-}
-
-fn collect(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        v
-    })
-}
-
-impl Client {
-    /// Spawns `cmd` with stdout and stderr piped. Its stdin is whatever `cmd`
-    /// says; `Stdio::piped()` keeps the pipe open (held here) until
-    /// [`Client::kill`], [`Client::close_stdin`] or drop.
-    fn spawn(cmd: &mut Command) -> Client {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", support::describe(cmd)));
-        Client {
-            stdin: child.stdin.take(),
-            out: Some(collect(child.stdout.take().unwrap())),
-            err: Some(collect(child.stderr.take().unwrap())),
-            child: Some(child),
-        }
-    }
-
-    /// SIGKILL to the local `ssh` process: the client vanishes without a
-    /// goodbye, as when a CI agent dies or its network drops.
-    fn kill(&mut self) {
-        let child = self.child.as_mut().unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
-        self.stdin = None;
-    }
-
-    /// Waits for the client to exit and returns what it printed.
-    fn finish(mut self, timeout: Duration) -> Output {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().unwrap();
-        let status: ExitStatus = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("ssh client did not finish within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        self.child = None;
-        self.stdin = None;
-        Output {
-            status,
-            stdout: self.out.take().unwrap().join().unwrap(),
-            stderr: self.err.take().unwrap().join().unwrap(),
-        }
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.stdin = None;
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Parsed audit lines of one event, oldest first.
-fn events(mh: &MirrorHost, event: &str) -> Vec<BTreeMap<String, String>> {
-    mh.log
-        .lines()
-        .iter()
-        .map(|l| fields(l))
-        .filter(|f| f.get("event").map(String::as_str) == Some(event))
-        .collect()
-}
-
-/// Waits until the audit log holds at least `n` lines of `event`.
-fn wait_events(
-    mh: &MirrorHost,
-    event: &str,
-    n: usize,
-    timeout: Duration,
-) -> Vec<BTreeMap<String, String>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let found = events(mh, event);
-        if found.len() >= n {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} event={event} audit lines within {timeout:?}, got {}:\n{}",
-            found.len(),
-            mh.log.lines().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until `pred` holds, panicking with `what` after `timeout`.
-fn wait_until(timeout: Duration, what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !pred() {
-        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Nothing of the login account or the image owner is left running: no
 /// gate, no sudo, no owner-side command, no rsync, no sshd session.
@@ -166,15 +42,16 @@ fn assert_nothing_left(mh: &MirrorHost) {
 /// A mirror whose first sync takes a few seconds (`bwlimit` on a
 /// `mib` MiB image).
 fn slow_host(mib: usize) -> MirrorHost {
-    let mh = MirrorHost::with(&[("iso", "bwlimit = 2000")], JENKINS);
+    let mh = MirrorHost::with(&[("iso", opts().bwlimit(2000))], &[Key::jenkins()]);
     mh.put("iso", "big.iso", &bytes(mib << 20, 7));
     mh.put("iso", "SHA256SUMS", b"x  big.iso\n");
     mh
 }
 
-/// `ssh ... sync` in the background with stdin from /dev/null.
-fn spawn_sync(mh: &MirrorHost) -> Client {
-    Client::spawn(&mut mh.ssh(Some("sync")))
+/// `ssh ... sync` in the background with stdin from /dev/null; it must
+/// exit 0.
+fn spawn_sync(mh: &MirrorHost) -> Running<'_> {
+    mh.ssh(Some("sync")).status(0).spawn()
 }
 
 // ---------------------------------------------------------------- tests
@@ -183,13 +60,11 @@ e2e_test! {
     /// `ssh syncgate@host sync` runs a real sync as the image owner, and the
     /// audit trail has a decision line and an outcome line.
     fn a_good_sync_through_ssh() {
-        let mut mh = MirrorHost::new();
+        let mh = MirrorHost::new();
         mh.put("iso", "a.iso", b"image");
         mh.put("iso", "SHA256SUMS", b"x  a.iso\n");
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}\nsshd:\n{}", support::show(&out), mh.host.sshd().log());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("run #1 succeeded"), "{}", support::show(&out));
-        assert!(out.stdout.is_empty(), "stdout is for machine output only");
+        // stdout is for machine output only.
+        mh.ssh(Some("sync")).status(0).stderr_contains("run #1 succeeded").stdout_empty().run();
         assert_eq!(std::fs::read(mh.dest("iso").join("a.iso")).unwrap(), b"image");
         let decision = mh.log.wait_for(|l| l.contains("event=decision"), Duration::from_secs(5)).unwrap();
         let d = fields(&decision);
@@ -213,8 +88,10 @@ e2e_test! {
         let first = spawn_sync(&mh);
         mh.wait_running("iso", SLOW);
 
-        let burst: Vec<Client> = (0..20).map(|_| spawn_sync(&mh)).collect();
-        wait_events(&mh, "decision", 21, SLOW);
+        let burst: Vec<Running> = (0..20)
+            .map(|_| mh.ssh(Some("sync")).status(0).stdout_empty().stderr_contains("queued behind run #1").spawn())
+            .collect();
+        mh.log.wait_events("decision", 21, SLOW);
         // Every request of the burst has arrived while run #1 is still going
         // (the decision line comes right before the request notes its
         // arrival; give the last one a moment).
@@ -222,15 +99,9 @@ e2e_test! {
         let s = mh.state("iso");
         assert_eq!(s["running"]["run"], 1, "run #1 ended before the whole burst arrived; make it slower: {s:#}");
 
-        let first = first.finish(SLOW);
-        assert_eq!(first.status.code(), Some(0), "{}", support::show(&first));
-        assert!(stderr(&first).contains("run #1 succeeded"), "{}", support::show(&first));
-        let outs: Vec<Output> = burst.into_iter().map(|c| c.finish(SLOW)).collect();
-        for o in &outs {
-            assert_eq!(o.status.code(), Some(0), "{}", support::show(o));
-            assert!(o.stdout.is_empty(), "{}", support::show(o));
-            assert!(stderr(o).contains("queued behind run #1"), "{}", support::show(o));
-        }
+        let first = first.finish_within(SLOW);
+        assert_contains(&first.stderr, "run #1 succeeded");
+        let outs: Vec<Output> = burst.into_iter().map(|c| c.finish_within(SLOW)).collect();
         let ran = outs.iter().filter(|o| stderr(o).contains("run #2 succeeded")).count();
         let coalesced = outs.iter().filter(|o| stderr(o).contains("served by run #2")).count();
         assert_eq!((ran, coalesced), (1, 19));
@@ -243,8 +114,8 @@ e2e_test! {
         assert_eq!((runs[1]["run"].as_u64(), runs[1]["served"].as_u64()), (Some(2), Some(20)));
         assert!(runs.iter().all(|r| r["result"] == "success"), "{s:#}");
 
-        let decisions = events(&mh, "decision");
-        let outcomes = wait_events(&mh, "outcome", 21, SLOW);
+        let decisions = mh.log.events("decision");
+        let outcomes = mh.log.wait_events("outcome", 21, SLOW);
         assert_eq!(decisions.len(), 21);
         assert_eq!(outcomes.len(), 21);
         assert!(decisions.iter().all(|d| d["decision"] == "allow" && d["key"] == "jenkins"));
@@ -265,7 +136,7 @@ e2e_test! {
         assert_eq!(by("2", "no"), 1);
         assert_eq!(by("2", "yes"), 19);
         assert!(outcomes.iter().all(|o| o["result"] == "success" && o["exit"] == "0"));
-        assert_eq!(events(&mh, "run-start").len(), 2);
+        assert_eq!(mh.log.events("run-start").len(), 2);
         assert_nothing_left(&mh);
     }
 }
@@ -292,19 +163,19 @@ fn hostile(what: &'static str, cmd: impl AsRef<[u8]>, code: i32, reason: &'stati
 /// status, one `syncgate: refused:` line, one decision line with the
 /// reason. Returns the decision line's fields.
 fn assert_refused(mh: &MirrorHost, key: &std::path::Path, h: &Hostile) -> BTreeMap<String, String> {
-    let before = events(mh, "decision").len();
+    let before = mh.log.events("decision").len();
+    let what = format!(
+        "{} ({:?})",
+        h.what,
+        String::from_utf8_lossy(&h.cmd[..h.cmd.len().min(80)])
+    );
     let out = mh
         .ssh_raw(key, Some(OsStr::from_bytes(&h.cmd)))
-        .output()
-        .unwrap();
-    let ctx = format!(
-        "{} ({:?}): {}",
-        h.what,
-        String::from_utf8_lossy(&h.cmd[..h.cmd.len().min(80)]),
-        support::show(&out)
-    );
-    assert_eq!(out.status.code(), Some(h.code), "{ctx}");
-    assert!(out.stdout.is_empty(), "{ctx}");
+        .status(h.code)
+        .stdout_empty()
+        .context(|| what.clone())
+        .run();
+    let ctx = format!("{what}: {}", support::show(&out));
     let err = stderr(&out);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "exactly one line on stderr: {ctx}");
@@ -315,7 +186,9 @@ fn assert_refused(mh: &MirrorHost, key: &std::path::Path, h: &Hostile) -> BTreeM
             .all(|&b| b == b'\n' || (0x20..0x7f).contains(&b)),
         "the refusal echoes no raw client bytes: {ctx}"
     );
-    let decisions = wait_events(mh, "decision", before + 1, Duration::from_secs(5));
+    let decisions = mh
+        .log
+        .wait_events("decision", before + 1, Duration::from_secs(5));
     assert_eq!(
         decisions.len(),
         before + 1,
@@ -339,7 +212,7 @@ e2e_test! {
     /// `syncgate: refused:` line, a `decision=refuse` audit line with the
     /// reason, and no run, no state, no file written.
     fn hostile_commands_are_refused_before_anything_runs() {
-        let mh = MirrorHost::with(&[("iso", ""), ("other", "")], JENKINS);
+        let mh = MirrorHost::with(&[("iso", opts()), ("other", opts())], &[Key::jenkins()]);
         mh.put("iso", "a.iso", b"image");
         let marker = mh.path("pwned");
         let redirect = format!("sync > {}", marker.display());
@@ -418,9 +291,9 @@ e2e_test! {
 
         // Nothing ran: no run started, no state written, nothing published,
         // no shell wrote the marker, and no outcome (nothing reached a queue).
-        assert_eq!(events(&mh, "decision").len(), cases.len());
-        assert!(events(&mh, "run-start").is_empty());
-        assert!(events(&mh, "outcome").is_empty());
+        assert_eq!(mh.log.events("decision").len(), cases.len());
+        assert!(mh.log.events("run-start").is_empty());
+        assert!(mh.log.events("outcome").is_empty());
         assert!(mh.state("iso").is_null() && mh.state("other").is_null());
         assert!(!mh.state_dir.join("iso.state.json").exists());
         assert_eq!(std::fs::read_dir(mh.dest("iso")).unwrap().count(), 0);
@@ -440,21 +313,14 @@ e2e_test! {
     fn commands_too_long_for_sshd_never_reach_the_gate() {
         let mh = MirrorHost::new();
         let chunk = "a".repeat(100 * 1024);
-        let send = |chunks: usize| {
-            let mut cmd = mh.ssh(Some("sync"));
-            cmd.args(std::iter::repeat_n(&chunk, chunks)).output().unwrap()
-        };
-        let out = send(2);
-        assert_eq!(out.status.code(), Some(1), "{}", support::show(&out));
-        assert!(stderr(&out).contains("Argument list too long"), "{}", support::show(&out));
-        let out = send(10);
-        assert_eq!(out.status.code(), Some(255), "{}", support::show(&out));
+        let send = |chunks: usize| mh.ssh(Some("sync")).args(std::iter::repeat_n(&chunk, chunks));
+        send(2).status(1).stderr_contains("Argument list too long").run();
+        send(10).status(255).run();
         // A normal request still works afterwards, and is the only one logged.
-        let out = mh.ssh(Some("help")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
-        let decisions = wait_events(&mh, "decision", 1, Duration::from_secs(5));
+        mh.ssh(Some("help")).status(0).run();
+        let decisions = mh.log.wait_events("decision", 1, Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(events(&mh, "decision").len(), 1, "{decisions:?}");
+        assert_eq!(mh.log.events("decision").len(), 1, "{decisions:?}");
         assert_eq!(decisions[0]["command"], "help");
         assert!(mh.state("iso").is_null());
         assert_nothing_left(&mh);
@@ -469,30 +335,25 @@ e2e_test! {
         let mh = MirrorHost::new();
         let marker = mh.path("shell-ran");
         let typed = format!("touch {}\nid\nexit 0\n", marker.display());
-        let sessions: Vec<(&str, Command)> = vec![
-            ("ssh -T, no command", {
-                let mut c = mh.ssh(None);
-                c.arg("-T");
-                c
-            }),
+        let sessions = vec![
+            ("ssh -T, no command", mh.ssh(None).arg("-T")),
             ("ssh with an empty command", mh.ssh(Some(""))),
         ];
-        for (i, (what, mut cmd)) in sessions.into_iter().enumerate() {
-            let mut c = Client::spawn(cmd.stdin(Stdio::piped()));
-            {
-                use std::io::Write;
-                let _ = c.stdin.as_mut().unwrap().write_all(typed.as_bytes());
-            }
-            c.stdin = None;
-            let out = c.finish(SLOW);
+        for (i, (what, test)) in sessions.into_iter().enumerate() {
+            let mut c = test
+                .stdin(Stdio::piped())
+                .status(64)
+                .stderr_contains("syncgate: commands for key 'jenkins':")
+                .stderr_contains("sync iso")
+                .stderr_lacks("uid=")
+                .stdout_lacks("uid=")
+                .context(move || what.to_string())
+                .spawn();
+            c.write_stdin(typed.as_bytes());
+            c.close_stdin();
+            let out = c.finish_within(SLOW);
             let ctx = format!("{what}: {}", support::show(&out));
-            assert_eq!(out.status.code(), Some(64), "{ctx}");
-            let err = stderr(&out);
-            assert!(err.contains("syncgate: commands for key 'jenkins':"), "{ctx}");
-            assert!(err.contains("sync iso"), "{ctx}");
-            assert!(!err.contains("uid="), "{ctx}");
-            assert!(!String::from_utf8_lossy(&out.stdout).contains("uid="), "{ctx}");
-            let d = wait_events(&mh, "decision", i + 1, Duration::from_secs(5));
+            let d = mh.log.wait_events("decision", i + 1, Duration::from_secs(5));
             let d = &d[i];
             assert_eq!((d["decision"].as_str(), d["reason"].as_str()), ("refuse", "no-command"), "{ctx}");
             assert_eq!(d["command"], "(none)", "{ctx}");
@@ -500,18 +361,18 @@ e2e_test! {
 
         // `ssh -tt` asks for a terminal: `restrict` denies it and the client
         // gives up (255) — still no shell, and at most a refusal was logged.
-        let mut cmd = mh.ssh(None);
-        let mut c = Client::spawn(cmd.arg("-tt").stdin(Stdio::piped()));
-        {
-            use std::io::Write;
-            let _ = c.stdin.as_mut().unwrap().write_all(typed.as_bytes());
-        }
-        c.stdin = None;
-        let out = c.finish(SLOW);
-        assert_eq!(out.status.code(), Some(255), "{}", support::show(&out));
-        assert!(stderr(&out).contains("PTY allocation request failed"), "{}", support::show(&out));
+        let mut c = mh
+            .ssh(None)
+            .arg("-tt")
+            .stdin(Stdio::piped())
+            .status(255)
+            .stderr_contains("PTY allocation request failed")
+            .spawn();
+        c.write_stdin(typed.as_bytes());
+        c.close_stdin();
+        c.finish_within(SLOW);
         std::thread::sleep(Duration::from_millis(500));
-        for d in &events(&mh, "decision")[2..] {
+        for d in &mh.log.events("decision")[2..] {
             assert_eq!((d["decision"].as_str(), d["reason"].as_str()), ("refuse", "no-command"));
         }
 
@@ -526,10 +387,8 @@ e2e_test! {
     /// gate itself (77, reason=network-not-allowed) even when
     /// authorized_keys has no `from=`: defence in depth. Only `help` works.
     fn a_key_used_from_outside_its_networks_is_refused_by_the_gate() {
-        let keys = format!(
-            "{JENKINS}\n[key.remote]\nverbs = [\"sync\", \"status\", \"help\"]\nmirrors = [\"iso\"]\nfrom = [\"10.0.0.0/8\"]\n"
-        );
-        let mh = MirrorHost::with(&[("iso", "")], &keys);
+        let remote = Key { name: "remote", from: vec!["10.0.0.0/8"], ..Key::jenkins() };
+        let mh = MirrorHost::with(&[("iso", opts())], &[Key::jenkins(), remote]);
         mh.put("iso", "a.iso", b"image");
         let remote = mh.add_key("remote", &[]);
         for (cmd, code) in [("sync", 77), ("status --json", 77), ("sync:all", 77)] {
@@ -537,12 +396,13 @@ e2e_test! {
             let d = assert_refused(&mh, &remote, &h);
             assert_eq!(d["key"], "remote");
         }
-        let out = mh.ssh_raw(&remote, Some(OsStr::new("sync"))).output().unwrap();
-        assert!(stderr(&out).contains("key 'remote' may not be used from 127.0.0.1"), "{}", support::show(&out));
-        let out = mh.ssh_raw(&remote, Some(OsStr::new("help"))).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        mh.ssh_raw(&remote, Some(OsStr::new("sync")))
+            .status(77)
+            .stderr_contains("key 'remote' may not be used from 127.0.0.1")
+            .run();
+        mh.ssh_raw(&remote, Some(OsStr::new("help"))).status(0).run();
         assert!(mh.state("iso").is_null(), "nothing ran");
-        assert!(events(&mh, "run-start").is_empty());
+        assert!(mh.log.events("run-start").is_empty());
         assert_nothing_left(&mh);
     }
 }
@@ -554,12 +414,13 @@ e2e_test! {
     fn a_failed_sync_reaches_the_ssh_client_as_exit_1_naming_rsyncs_code() {
         let mh = MirrorHost::new();
         std::fs::remove_dir_all(mh.upstream.join("iso")).unwrap();
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", support::show(&out));
-        assert!(stderr(&out).contains("run #1 FAILED"), "{}", support::show(&out));
-        assert!(stderr(&out).contains("rsync exit 23"), "{}", support::show(&out));
-        assert!(out.stdout.is_empty());
-        let o = &wait_events(&mh, "outcome", 1, Duration::from_secs(5))[0];
+        mh.ssh(Some("sync"))
+            .status(1)
+            .stderr_contains("run #1 FAILED")
+            .stderr_contains("rsync exit 23")
+            .stdout_empty()
+            .run();
+        let o = &mh.log.wait_events("outcome", 1, Duration::from_secs(5))[0];
         assert_eq!(
             (o["result"].as_str(), o["rsync_exit"].as_str(), o["exit"].as_str()),
             ("failed", "23", "1")
@@ -575,12 +436,9 @@ e2e_test! {
     fn status_json_over_ssh_prints_only_json_on_stdout() {
         let mh = MirrorHost::new();
         mh.put("iso", "a.iso", b"image");
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        mh.ssh(Some("sync")).status(0).run();
 
-        let out = mh.ssh(Some("status --json")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
-        assert!(out.stderr.is_empty(), "{}", support::show(&out));
+        let out = mh.ssh(Some("status --json")).status(0).stderr_empty().run();
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", support::show(&out)));
         assert_eq!(doc["version"], 1);
@@ -591,10 +449,7 @@ e2e_test! {
         assert_eq!(mirrors[0]["last_run"]["result"], "success");
         assert_eq!(mirrors[0]["last_run"]["run"], 1);
 
-        let out = mh.ssh(Some("status")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
-        assert!(out.stdout.is_empty(), "{}", support::show(&out));
-        assert!(stderr(&out).contains("iso"), "{}", support::show(&out));
+        mh.ssh(Some("status")).status(0).stdout_empty().stderr_contains("iso").run();
         assert_nothing_left(&mh);
     }
 }
@@ -612,11 +467,11 @@ e2e_test! {
         assert!(!running_gates.is_empty());
 
         // Stdin stays open (a pipe held by the test), as for a CI job.
-        let mut queued = Client::spawn(mh.ssh(Some("sync")).stdin(Stdio::piped()));
-        let decisions = wait_events(&mh, "decision", 2, SLOW);
+        let mut queued = mh.ssh(Some("sync")).stdin(Stdio::piped()).failure().spawn();
+        let decisions = mh.log.wait_events("decision", 2, SLOW);
         let request = decisions[1]["request"].clone();
         let mut gate = Vec::new();
-        wait_until(SLOW, "the queued request's gate process appears", || {
+        assert_eventually(SLOW, "the queued request's gate process appears", || {
             gate = mh.gate_pids().into_iter().filter(|p| !running_gates.contains(p)).collect();
             !gate.is_empty()
         });
@@ -625,7 +480,7 @@ e2e_test! {
 
         let killed = Instant::now();
         queued.kill();
-        wait_until(Duration::from_secs(5), "the queued gate exits after its client vanished", || {
+        assert_eventually(Duration::from_secs(5), "the queued gate exits after its client vanished", || {
             gate.iter().all(|p| !mh.gate_pids().contains(p))
         });
         let abandoned = mh
@@ -634,17 +489,16 @@ e2e_test! {
             .unwrap_or_else(|| panic!("no abandoned line within 5 s:\n{}", mh.log.lines().join("\n")));
         let a = fields(&abandoned);
         assert_eq!((a["request"].as_str(), a["reason"].as_str()), (request.as_str(), "client-disconnected"));
-        let outcome = events(&mh, "outcome").into_iter().find(|o| o["request"] == request).unwrap();
+        let outcome = mh.log.events("outcome").into_iter().find(|o| o["request"] == request).unwrap();
         assert_eq!(outcome["result"], "abandoned");
 
-        let first = first.finish(SLOW);
-        assert_eq!(first.status.code(), Some(0), "{}", support::show(&first));
+        first.finish_within(SLOW);
         std::thread::sleep(Duration::from_secs(2));
         let s = mh.state("iso");
         assert_eq!(s["last_started"], 1, "the client that left caused no run: {s:#}");
         assert!(s["running"].is_null());
         assert_eq!(s["runs"][0]["served"], 1);
-        assert_eq!(events(&mh, "run-start").len(), 1);
+        assert_eq!(mh.log.events("run-start").len(), 1);
         assert_nothing_left(&mh);
     }
 }
@@ -656,16 +510,17 @@ e2e_test! {
         let mh = slow_host(4);
         let first = spawn_sync(&mh);
         mh.wait_running("iso", SLOW);
-        let mut cmd = mh.ssh(None);
-        cmd.arg("-n").arg("sync");
-        let queued = Client::spawn(&mut cmd);
-        let first = first.finish(SLOW);
-        let queued = queued.finish(SLOW);
-        assert_eq!(first.status.code(), Some(0), "{}", support::show(&first));
-        assert_eq!(queued.status.code(), Some(0), "{}", support::show(&queued));
-        assert!(stderr(&queued).contains("queued behind run #1"), "{}", support::show(&queued));
-        assert!(stderr(&queued).contains("run #2 succeeded"), "{}", support::show(&queued));
-        assert!(events(&mh, "abandoned").is_empty(), "{}", mh.log.lines().join("\n"));
+        let queued = mh
+            .ssh(None)
+            .arg("-n")
+            .arg("sync")
+            .status(0)
+            .stderr_contains("queued behind run #1")
+            .stderr_contains("run #2 succeeded")
+            .spawn();
+        first.finish_within(SLOW);
+        queued.finish_within(SLOW);
+        assert!(mh.log.events("abandoned").is_empty(), "{}", mh.log.lines().join("\n"));
         assert_eq!(mh.state("iso")["last_started"], 2);
         assert_nothing_left(&mh);
     }
@@ -676,7 +531,7 @@ e2e_test! {
     /// run finishes, the state records success and an outcome is logged.
     fn a_client_that_disconnects_during_its_run_does_not_abort_it() {
         let mh = slow_host(4);
-        let mut client = Client::spawn(mh.ssh(Some("sync")).stdin(Stdio::piped()));
+        let mut client = mh.ssh(Some("sync")).stdin(Stdio::piped()).failure().spawn();
         mh.wait_running("iso", SLOW);
         std::thread::sleep(Duration::from_millis(500));
         client.kill();
@@ -688,9 +543,9 @@ e2e_test! {
             bytes(4 << 20, 7),
             "the whole image was published"
         );
-        let o = &wait_events(&mh, "outcome", 1, Duration::from_secs(5))[0];
+        let o = &mh.log.wait_events("outcome", 1, Duration::from_secs(5))[0];
         assert_eq!((o["result"].as_str(), o["run"].as_str(), o["coalesced"].as_str()), ("success", "1", "no"));
-        assert!(events(&mh, "abandoned").is_empty());
+        assert!(mh.log.events("abandoned").is_empty());
         assert_nothing_left(&mh);
     }
 }
@@ -703,14 +558,15 @@ e2e_test! {
         let mh = slow_host(4);
         let first = spawn_sync(&mh);
         mh.wait_running("iso", SLOW);
-        let queued = spawn_sync(&mh);
-        let first = first.finish(SLOW);
-        let queued = queued.finish(SLOW);
-        assert_eq!(queued.status.code(), Some(0), "{}", support::show(&queued));
-        let err = stderr(&queued);
-        assert!(err.contains("syncgate: iso: queued behind run #1 (ssh, running for"), "{}", support::show(&queued));
-        assert!(err.contains("syncgate: iso: still queued behind run #1"), "{}", support::show(&queued));
-        assert!(stderr(&first).contains("syncgate: iso: run #1 running for"), "{}", support::show(&first));
+        let queued = mh
+            .ssh(Some("sync"))
+            .status(0)
+            .stderr_contains("syncgate: iso: queued behind run #1 (ssh, running for")
+            .stderr_contains("syncgate: iso: still queued behind run #1")
+            .spawn();
+        let first = first.finish_within(SLOW);
+        queued.finish_within(SLOW);
+        assert_contains(&first.stderr, "syncgate: iso: run #1 running for");
         assert_nothing_left(&mh);
     }
 }
@@ -723,18 +579,17 @@ e2e_test! {
     fn a_client_that_disconnects_just_before_its_turn_causes_no_sync() {
         let mh = MirrorHost::new();
         mh.put("iso", "a.iso", b"image");
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        mh.ssh(Some("sync")).status(0).run();
         assert_eq!(mh.state("iso")["last_started"], 1);
 
         // Someone else (here: the test, as root) holds the mirror's lock.
         let lock = std::fs::File::open(mh.state_dir.join("iso.lock")).unwrap();
         lock.lock().unwrap();
-        let mut queued = Client::spawn(mh.ssh(Some("sync")).stdin(Stdio::piped()));
-        let decisions = wait_events(&mh, "decision", 2, SLOW);
+        let mut queued = mh.ssh(Some("sync")).stdin(Stdio::piped()).failure().spawn();
+        let decisions = mh.log.wait_events("decision", 2, SLOW);
         let request = decisions[1]["request"].clone();
         let mut gate = Vec::new();
-        wait_until(SLOW, "the queued request's gate process appears", || {
+        assert_eventually(SLOW, "the queued request's gate process appears", || {
             gate = mh.gate_pids();
             !gate.is_empty()
         });
@@ -757,15 +612,15 @@ e2e_test! {
         }
         lock.unlock().unwrap();
 
-        wait_until(Duration::from_secs(5), "the queued gate exits after its client vanished", || {
+        assert_eventually(Duration::from_secs(5), "the queued gate exits after its client vanished", || {
             gate.iter().all(|p| !mh.gate_pids().contains(p))
         });
-        let a = wait_events(&mh, "abandoned", 1, Duration::from_secs(5));
+        let a = mh.log.wait_events("abandoned", 1, Duration::from_secs(5));
         assert_eq!((a[0]["request"].as_str(), a[0]["reason"].as_str()), (request.as_str(), "client-disconnected"));
         std::thread::sleep(Duration::from_secs(1));
         let s = mh.state("iso");
         assert_eq!(s["last_started"], 1, "the client that left caused no run: {s:#}");
-        assert_eq!(events(&mh, "run-start").len(), 1);
+        assert_eq!(mh.log.events("run-start").len(), 1);
         drop(lock);
         assert_nothing_left(&mh);
     }

@@ -5,26 +5,18 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    self, e2e_test, fields, ns, procs, ChildGuard, Host, RsyncDaemon, SyslogReceiver, UserOpts,
+    self, e2e_test, fields, ns, procs, stdout, ChildGuard, Host, RsyncDaemon, SyslogReceiver, Test,
+    UserOpts,
 };
 
-/// Runs `cmd` with stdin from /dev/null and returns its output.
-fn output(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", support::describe(cmd)))
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// `cmd` with stdin from /dev/null, to be given its expectations.
+fn test(mut cmd: Command) -> Test<'static> {
+    cmd.stdin(Stdio::null());
+    Test::new(cmd)
 }
 
 e2e_test! {
@@ -38,13 +30,11 @@ e2e_test! {
 
         let echo = r#"restrict,command="/bin/echo forced:$SSH_ORIGINAL_COMMAND""#;
         host.authorize("sgtest", &[(&public, echo)]);
-        let out = output(&mut host.ssh("sgtest", &key, Some("hello")));
+        let out = test(host.ssh("sgtest", &key, Some("hello"))).status(0).run();
         assert_eq!(stdout(&out), "forced:hello\n", "{}", support::show(&out));
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
 
         host.authorize("sgtest", &[(&public, r#"restrict,command="/bin/sh -c 'exit 7'""#)]);
-        let out = output(&mut host.ssh("sgtest", &key, Some("hello")));
-        assert_eq!(out.status.code(), Some(7), "{}", support::show(&out));
+        test(host.ssh("sgtest", &key, Some("hello"))).status(7).run();
     }
 }
 
@@ -59,10 +49,11 @@ e2e_test! {
         let (key, public) = host.client_key("client");
         host.authorize("sgsync", &[(&public, r#"restrict,command="/bin/echo never""#)]);
 
-        let out = output(&mut host.ssh("sgsync", &key, Some("hello")));
-        assert_eq!(out.status.code(), Some(1), "{}", support::show(&out));
-        assert!(stderr(&out).contains("sync: invalid option -- 'c'"), "{}", support::show(&out));
-        assert!(stdout(&out).is_empty(), "{}", support::show(&out));
+        test(host.ssh("sgsync", &key, Some("hello")))
+            .status(1)
+            .stderr_contains("sync: invalid option -- 'c'")
+            .stdout_empty()
+            .run();
         // sshd itself accepted the key and started the session.
         assert!(host.sshd().log().contains("Accepted publickey for sgsync"));
     }
@@ -88,7 +79,7 @@ e2e_test! {
             let out = host.run_as("sgtest", &refused);
             assert_eq!(out.status.code(), Some(1), "{refused:?}: {}", support::show(&out));
             assert!(
-                stderr(&out).contains("a password is required"),
+                support::stderr(&out).contains("a password is required"),
                 "{refused:?}: {}",
                 support::show(&out)
             );
@@ -111,7 +102,8 @@ e2e_test! {
 fn syslog_receiver_collects_logger_datagrams() {
     let receiver = SyslogReceiver::new();
     let socket = receiver.path().to_str().expect("utf-8 path");
-    let out = output(Command::new("logger").args([
+    let mut logger = Command::new("logger");
+    logger.args([
         "--socket-errors=on",
         "-u",
         socket,
@@ -119,8 +111,8 @@ fn syslog_receiver_collects_logger_datagrams() {
         "-t",
         "syncgate",
         r#"a=1 b="x y""#,
-    ]));
-    assert!(out.status.success(), "{}", support::show(&out));
+    ]);
+    test(logger).status(0).run();
 
     let line = receiver
         .wait_for(|l| l.contains("syncgate["), Duration::from_secs(5))
@@ -177,18 +169,13 @@ fn rsync_daemon_round_trip() {
     fs::write(src.path().join("file.txt"), "payload\n").expect("write");
     let mut daemon = RsyncDaemon::start(&[("mod", src.path())]);
 
-    let out = output(
-        Command::new("rsync")
-            .arg("-a")
-            .arg(daemon.url("mod"))
-            .arg(dest.path()),
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        support::show(&out),
-        daemon.log()
-    );
+    let url = daemon.url("mod");
+    let rsync = || {
+        let mut cmd = Command::new("rsync");
+        cmd.arg("-a").arg(&url).arg(dest.path());
+        test(cmd).tree(dest.path())
+    };
+    rsync().status(0).context(|| daemon.log()).run();
     assert_eq!(
         fs::read_to_string(dest.path().join("file.txt")).expect("copied"),
         "payload\n"
@@ -205,13 +192,7 @@ fn rsync_daemon_round_trip() {
         procs::pids_with_cmdline_containing(&dir).is_empty(),
         "no daemon process left"
     );
-    let out = output(
-        Command::new("rsync")
-            .arg("-a")
-            .arg(daemon.url("mod"))
-            .arg(dest.path()),
-    );
-    assert!(!out.status.success(), "{}", support::show(&out));
+    rsync().failure().run();
 }
 
 #[test]
@@ -259,13 +240,12 @@ fn cleanup() {
     if !ns::in_private_host("harness::cleanup") {
         // Back on the real machine (in_private_host already checked the
         // account databases and killed/reported any survivor).
-        let getent = output(Command::new("getent").args(["passwd", "sgclean"]));
-        assert_eq!(
-            getent.status.code(),
-            Some(2),
-            "sgclean unknown on the real host: {}",
-            support::show(&getent)
-        );
+        let mut getent = Command::new("getent");
+        getent.args(["passwd", "sgclean"]);
+        test(getent)
+            .status(2)
+            .context(|| "sgclean unknown on the real host".into())
+            .run();
         assert!(!Path::new("/etc/sudoers.d/sgclean").exists());
         let run = ns::last_run().expect("namespace run recorded");
         assert!(

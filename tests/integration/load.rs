@@ -28,7 +28,7 @@ use syncgate::queue::state::{MirrorState, RunResult, HISTORY};
 
 use crate::support::mirror_host::MirrorHost;
 use crate::support::observer::{sums, Observations, Observer};
-use crate::support::{e2e_test, ns, procs};
+use crate::support::{e2e_test, ns, opts, procs, wait_until, Mirrors};
 
 /// How long a kill aimed at a phase (queued, running) waits for it.
 const KILL_PATIENCE: Duration = Duration::from_secs(5);
@@ -86,34 +86,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
-/// Polls `cond` every 20 ms; the time it took, or `None` after `limit`.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    loop {
-        if cond() {
-            return Some(t0.elapsed());
-        }
-        if t0.elapsed() >= limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn median(v: &mut [u64]) -> u64 {
     if v.is_empty() {
         return 0;
     }
     v.sort_unstable();
     v[v.len() / 2]
-}
-
-/// Processes in this test's mount namespace (the pid namespace is the
-/// machine's: other test runs may have an rsync of their own).
-fn ours(pids: Vec<i32>) -> Vec<i32> {
-    let ns = fs::read_link("/proc/self/ns/mnt").expect("read /proc/self/ns/mnt");
-    let mine = procs::pids_in_mount_namespace(&ns.to_string_lossy());
-    pids.into_iter().filter(|p| mine.contains(p)).collect()
 }
 
 /// Processes of the login account, of the image owner, and rsyncs, in this
@@ -125,7 +103,8 @@ fn leftovers(mh: &MirrorHost, limit: Duration) -> Vec<i32> {
         p.extend(procs::pids_matching("rsync"));
         p.sort_unstable();
         p.dedup();
-        ours(p)
+        // This namespace's only: other test runs may have an rsync too.
+        procs::ours(p)
     };
     let mut left = find();
     let _ = wait_until(limit, || {
@@ -177,7 +156,7 @@ impl Client {
     fn spawn(mh: &MirrorHost, kind: Kind, dir: &Path, id: usize) -> Client {
         let out = dir.join(format!("{id}.out"));
         let err = dir.join(format!("{id}.err"));
-        let mut cmd = mh.ssh(Some(kind.command()));
+        let mut cmd = mh.ssh_command(Some(kind.command()));
         cmd.stdout(File::create(&out).expect("client stdout file"))
             .stderr(File::create(&err).expect("client stderr file"));
         let child = cmd.spawn().expect("spawn ssh");
@@ -244,6 +223,15 @@ impl Client {
         fs::read_to_string(&self.out).unwrap_or_default()
     }
 
+    /// What it printed, and its exit (0 if it has not exited).
+    fn output(&self) -> std::process::Output {
+        std::process::Output {
+            status: self.status.unwrap_or_default(),
+            stdout: fs::read(&self.out).unwrap_or_default(),
+            stderr: fs::read(&self.err).unwrap_or_default(),
+        }
+    }
+
     fn stderr(&self) -> String {
         fs::read_to_string(&self.err).unwrap_or_default()
     }
@@ -254,7 +242,7 @@ impl Client {
         if self.killed {
             return None;
         }
-        let show = || format!("stdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+        let show = || crate::support::show(&self.output());
         if self.hung {
             return Some(format!(
                 "`{}` still running after {:?}; killed\n{}",
@@ -896,11 +884,10 @@ e2e_test! {
         let small = noise(16 << 10, 1);
         mh.put("iso", "r1.iso", &small);
         mh.put("iso", "SHA256SUMS", sums(&[("r1.iso", &small)]).as_bytes());
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", crate::support::show(&out));
+        mh.ssh(Some("sync")).status(0).run();
         // Release 2: 256 KiB at 16 KiB/s, so run #2 takes ~16 s, long enough
         // for 100 ssh logins on two busy cores, short enough for CI.
-        mh.set_mirror_extra("iso", "bwlimit = 16\n");
+        mh.set_opts("iso", opts().bwlimit(16));
         let big = noise(256 << 10, 2);
         mh.put("iso", "r2.iso", &big);
         mh.put("iso", "SHA256SUMS", sums(&[("r1.iso", &small), ("r2.iso", &big)]).as_bytes());
@@ -1138,7 +1125,7 @@ fn soak(secs: u64, total: usize) {
     let mut mh = MirrorHost::new();
     // 32 KiB/s: a run with a new image takes 0.3-2 s, so requests queue
     // behind it, coalesce, and get killed while queued or running.
-    mh.set_mirror_extra("iso", "bwlimit = 32\n");
+    mh.set_opts("iso", opts().bwlimit(32));
     let mut upstream = Upstream::new();
     upstream.write_next(&mh, &mut rng);
     let dir = mh.path("clients");

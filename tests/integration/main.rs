@@ -2,11 +2,12 @@
 //!
 //! `support` is the end-to-end harness (private namespace, real sshd, sudo,
 //! accounts, rsync daemon, syslog receiver); `harness` proves it works.
-//! `fixture` is the unprivileged mirror set-up the core tests use.
+//! `support::fixture` is the unprivileged mirror set-up the core tests use,
+//! `support::mirror_host` the one with ssh, sudo and real accounts; both
+//! run commands through `support::Test`.
 //! `faults`, `load` (burst, soak) and `fuzz_parser` (long property run)
 //! are the reliability tests; see tests/RELIABILITY.md.
 
-mod fixture;
 mod support;
 
 mod core;

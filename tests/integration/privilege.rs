@@ -17,13 +17,12 @@ use nix::unistd::Pid;
 
 use crate::support::host::set_mode;
 use crate::support::mirror_host::{gid_of, MirrorHost, LOGIN, OWNER, READER, READER_GROUP};
-use crate::support::{self, e2e_test, procs, run_ok, ChildGuard};
+use crate::support::{
+    self, assert_contains, e2e_test, opts, procs, run_ok, stderr, stdout, wait_until, ChildGuard,
+    Key, Mirrors, Test,
+};
 
 const SUDO: &str = "/usr/bin/sudo";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// `sh -c SCRIPT` as `user` (runuser, clean environment).
 fn sh_as(mh: &MirrorHost, user: &str, script: &str) -> Output {
@@ -32,15 +31,12 @@ fn sh_as(mh: &MirrorHost, user: &str, script: &str) -> Output {
 
 /// `sudo -n ARGS...` as the login account, with `RSYNC_RSH=/bin/sh` in its
 /// environment (what a hostile caller would try to pass on).
-fn sudo_as_login(mh: &MirrorHost, args: &[&str]) -> Output {
+fn sudo_as_login<'a>(mh: &MirrorHost, args: &[&str]) -> Test<'a> {
     let mut argv = vec![SUDO, "-n"];
     argv.extend_from_slice(args);
-    mh.host
-        .command_as(LOGIN, &argv)
-        .env("RSYNC_RSH", "/bin/sh")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    let mut cmd = mh.host.command_as(LOGIN, &argv);
+    cmd.env("RSYNC_RSH", "/bin/sh").stdin(Stdio::null());
+    Test::new(cmd)
 }
 
 /// The owner-side command line exactly as the sudoers rule grants it.
@@ -93,28 +89,6 @@ fn lexical_target(link: &Path) -> PathBuf {
         }
     }
     out
-}
-
-/// A sync through ssh with the jenkins key; panics unless it exits 0.
-fn ssh_sync_ok(mh: &mut MirrorHost) -> Output {
-    let out = mh.ssh(Some("sync")).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\nsshd:\n{}",
-        support::show(&out),
-        mh.host.sshd().log()
-    );
-    out
-}
-
-/// The last finished run's record from the mirror's state file.
-fn last_run(mh: &MirrorHost, mirror: &str) -> serde_json::Value {
-    let st = mh.state(mirror);
-    st["runs"]
-        .as_array()
-        .and_then(|r| r.last().cloned())
-        .unwrap_or_else(|| panic!("no finished run in state: {st}"))
 }
 
 /// An upstream with everything a hostile or careless upstream could hold:
@@ -230,9 +204,9 @@ e2e_test! {
     /// files 0640 and directories 2750, whatever upstream had: no setuid or
     /// setgid file, no device node or fifo, no symlink that leaves the tree.
     fn published_tree_is_owned_by_the_owner_and_readable_by_the_group_only() {
-        let mut mh = MirrorHost::new();
+        let mh = MirrorHost::new();
         hostile_upstream(&mh);
-        ssh_sync_ok(&mut mh);
+        mh.ssh(Some("sync")).status(0).run();
         let dest = mh.dest("iso");
         let entries = assert_published_tree(&mh, &dest);
         let names: Vec<String> = entries
@@ -248,7 +222,7 @@ e2e_test! {
         assert_eq!(fs::read(dest.join("current")).unwrap(), b"image a");
 
         // A second sync (no change) keeps it that way.
-        ssh_sync_ok(&mut mh);
+        mh.ssh(Some("sync")).status(0).run();
         assert_published_tree(&mh, &dest);
     }
 }
@@ -257,9 +231,9 @@ e2e_test! {
     /// A member of www-data reads every file and lists every directory, and
     /// can create, modify, rename or delete nothing.
     fn reader_group_reads_everything_and_writes_nothing() {
-        let mut mh = MirrorHost::new();
+        let mh = MirrorHost::new();
         hostile_upstream(&mh);
-        ssh_sync_ok(&mut mh);
+        mh.ssh(Some("sync")).status(0).run();
         let dest = mh.dest("iso");
         let entries = walk(&dest);
         let mut dirs = vec![dest.clone()];
@@ -353,9 +327,9 @@ e2e_test! {
     /// The login account with a real shell cannot create, modify, chmod or
     /// delete anything under dest (it is not even in the reader group).
     fn login_account_cannot_write_the_images() {
-        let mut mh = MirrorHost::new();
+        let mh = MirrorHost::new();
         hostile_upstream(&mh);
-        ssh_sync_ok(&mut mh);
+        mh.ssh(Some("sync")).status(0).run();
         let dest = mh.dest("iso");
         let before = snapshot(&dest);
         let a = dest.join("a.iso");
@@ -366,8 +340,9 @@ e2e_test! {
         }
         // Nor through the tools it may run: the owner-side commands take no
         // path, and no other command runs as the owner.
-        let out = sudo_as_login(&mh, &["-u", OWNER, "/bin/sh", "-c", &format!("echo x > {}/new", dest.display())]);
-        assert!(!out.status.success(), "{}", support::show(&out));
+        sudo_as_login(&mh, &["-u", OWNER, "/bin/sh", "-c", &format!("echo x > {}/new", dest.display())])
+            .failure()
+            .run();
         assert_eq!(snapshot(&dest), before, "the tree changed");
     }
 }
@@ -375,12 +350,16 @@ e2e_test! {
 /// Statement 4: sudo itself refuses `args` (run as the login account under
 /// `-n`), so nothing ran: non-zero, sudo's own complaint, no output.
 fn assert_sudo_refuses(mh: &MirrorHost, what: &str, args: &[&str]) -> Output {
-    let out = sudo_as_login(mh, args);
-    let err = text(&out.stderr);
+    let why = || format!("sudo did not refuse {what} (sudo -n {})", args.join(" "));
+    let out = sudo_as_login(mh, args)
+        .failure()
+        .stdout_empty()
+        .context(why)
+        .run();
     assert!(
-        !out.status.success() && err.starts_with("sudo: ") && out.stdout.is_empty(),
-        "sudo did not refuse {what} (sudo -n {}): {}",
-        args.join(" "),
+        stderr(&out).starts_with("sudo: "),
+        "{}: {}",
+        why(),
         support::show(&out)
     );
     out
@@ -393,7 +372,7 @@ e2e_test! {
     /// preserved environment variable, another config path, and an argument
     /// with a space that re-splits into the allowed line.
     fn sudo_allows_exactly_the_owner_side_lines() {
-        let mh = MirrorHost::with(&[("iso", ""), ("other", "")], crate::support::mirror_host::JENKINS);
+        let mh = MirrorHost::with(&[("iso", opts()), ("other", opts())], &[Key::jenkins()]);
         let bin = mh.bin.to_str().unwrap();
         let conf = mh.config.to_str().unwrap();
         let dest = mh.dest("iso");
@@ -405,9 +384,8 @@ e2e_test! {
                 let line = owner_line(&mh, verb, mirror);
                 let mut args: Vec<&str> = vec!["-l", "-u", OWNER];
                 args.extend(line.iter().map(String::as_str));
-                let out = sudo_as_login(&mh, &args);
-                assert!(out.status.success(), "sudo -n -l {}: {}", args.join(" "), support::show(&out));
-                assert!(text(&out.stdout).starts_with(bin), "{}", support::show(&out));
+                let out = sudo_as_login(&mh, &args).status(0).run();
+                assert!(stdout(&out).starts_with(bin), "{}", support::show(&out));
             }
         }
 
@@ -440,7 +418,7 @@ e2e_test! {
         for (what, args, expect) in &cases {
             let out = assert_sudo_refuses(&mh, what, args);
             if let Some(e) = expect {
-                assert!(text(&out.stderr).contains(e), "{what}: {}", support::show(&out));
+                assert!(stderr(&out).contains(e), "{what}: {}", support::show(&out));
             }
         }
 
@@ -459,8 +437,9 @@ e2e_test! {
         for trap in &traps {
             let mut args = vec!["-u", OWNER];
             args.extend(trap.iter().copied());
-            let out = sudo_as_login(&mh, &args);
-            let err = text(&out.stderr);
+            // Refused either way (below): a failure.
+            let out = sudo_as_login(&mh, &args).failure().run();
+            let err = stderr(&out);
             let by_sudo = err.starts_with("sudo: ") && err.contains(pw);
             // sudo 1.9 cannot tell these from the allowed line; syncgate's
             // parser then refuses them as a usage error before reading any
@@ -475,10 +454,11 @@ e2e_test! {
 
 /// `syncgate check` as root: (exit code, report).
 fn check(mh: &MirrorHost) -> (Option<i32>, String) {
-    let out = mh.syncgate(&["check"]);
+    // Judged by the caller (the breakage cases collect every problem).
+    let out = mh.syncgate().arg("check").run_unchecked();
     (
         out.status.code(),
-        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+        format!("{}{}", stdout(&out), stderr(&out)),
     )
 }
 
@@ -521,7 +501,7 @@ e2e_test! {
             ("config directory owned by the login account", |mh| {
                 nix::unistd::chown(mh.config.parent().unwrap(), Some(mh.login.uid.into()), None).unwrap();
             }, vec!["etc-syncgate: a directory above the config file".into()]),
-            ("a mirror added without re-installing the rule", |mh| mh.add_mirror("other", ""),
+            ("a mirror added without re-installing the rule", |mh| mh.add_mirror("other", opts()),
                 vec!["sudo does not let syncgate run".into(), "transfer other".into()]),
             ("a sudoers rule that grants too much", |mh| {
                 mh.host.install_sudoers("syncgate-extra", "syncgate ALL=(mirror) NOPASSWD: ALL\n");
@@ -532,7 +512,7 @@ e2e_test! {
                 add_key_line(mh, |k| format!("{k} restrict,command=\"/usr/bin/syncgate ssh --key x\""))
             }, vec!["authorized_keys line 2 has no forced command".into()]),
             ("a mirror named like a subcommand", |mh| {
-                mh.add_mirror("status", "");
+                mh.add_mirror("status", opts());
             }, vec!["mirror status: the name is also a syncgate subcommand".into()]),
         ];
         let mut problems = Vec::new();
@@ -564,29 +544,23 @@ fn leftovers(uid: u32, wait: Duration) -> Vec<i32> {
         p.dedup();
         procs::ours(p)
     };
-    let until = Instant::now() + wait;
-    let mut p = find();
-    while !p.is_empty() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut p = Vec::new();
+    wait_until(wait, || {
         p = find();
-    }
+        p.is_empty()
+    });
     p
 }
 
 /// Waits up to `wait` for an rsync of the owner to run.
 fn wait_for_owner_rsync(mh: &MirrorHost, wait: Duration) -> bool {
-    let until = Instant::now() + wait;
-    while Instant::now() < until {
+    wait_until(wait, || {
         let owners = procs::ours(procs::pids_of_user(mh.owner.uid));
-        if procs::pids_matching("rsync")
+        procs::pids_matching("rsync")
             .iter()
             .any(|p| owners.contains(p))
-        {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    })
+    .is_some()
 }
 
 e2e_test! {
@@ -594,28 +568,29 @@ e2e_test! {
     /// through sudo, and nothing of the owner (nor any rsync) is left running.
     fn timeout_and_sigterm_stop_rsync_through_sudo() {
         let mut mh = MirrorHost::new();
-        mh.set_mirror_extra("iso", "timeout = 2\nbwlimit = 200\n");
+        mh.set_opts("iso", opts().timeout(2).bwlimit(200));
         mh.put("iso", "big.iso", &vec![7u8; 8 << 20]);
         let t0 = Instant::now();
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        let took = t0.elapsed();
-        assert_eq!(out.status.code(), Some(1), "{}", support::show(&out));
-        let err = text(&out.stderr);
-        assert!(err.contains("timed out"), "{}", support::show(&out));
         // rsync itself got the TERM (sudo relayed it; the owner side passed
         // it on), well within the gate's 10 s grace before SIGKILL.
-        assert!(err.contains("received SIGINT, SIGTERM, or SIGHUP"), "{}", support::show(&out));
+        let out = mh
+            .ssh(Some("sync"))
+            .status(1)
+            .stderr_contains("timed out")
+            .stderr_contains("received SIGINT, SIGTERM, or SIGHUP")
+            .run();
+        let took = t0.elapsed();
         assert!(took < Duration::from_secs(9), "took {took:?}: {}", support::show(&out));
-        assert_eq!(last_run(&mh, "iso")["result"], "timeout", "{}", mh.state("iso"));
+        assert_eq!(mh.last_run("iso")["result"], "timeout", "{}", mh.state("iso"));
         let left = leftovers(mh.owner.uid, Duration::from_secs(5));
         assert!(left.is_empty(), "left running after the timeout:\n{}", procs::describe_pids(&left));
         assert!(!mh.dest("iso").join("big.iso").exists(), "a partial file was published");
 
         // SIGTERM to the gate (the forced command, running as the login
         // account) while rsync runs as the owner.
-        mh.set_mirror_extra("iso", "bwlimit = 200\n");
+        mh.set_opts("iso", opts().bwlimit(200));
         let err_path = mh.path("ssh-stderr");
-        let mut cmd = mh.ssh(Some("sync"));
+        let mut cmd = mh.ssh_command(Some("sync"));
         cmd.stdout(Stdio::null()).stderr(fs::File::create(&err_path).unwrap());
         let mut client = ChildGuard::spawn(&mut cmd, "ssh sync");
         assert!(wait_for_owner_rsync(&mh, Duration::from_secs(15)), "rsync never ran as {OWNER}");
@@ -627,12 +602,12 @@ e2e_test! {
         let stopped_after = t0.elapsed();
         let err = fs::read_to_string(&err_path).unwrap();
         assert_eq!(status.code(), Some(1), "{err}");
-        assert!(err.contains("stopped by a signal"), "{err}");
-        assert!(err.contains("received SIGINT, SIGTERM, or SIGHUP"), "{err}");
+        assert_contains(&err, "stopped by a signal");
+        assert_contains(&err, "received SIGINT, SIGTERM, or SIGHUP");
         assert!(stopped_after < Duration::from_secs(9), "took {stopped_after:?}: {err}");
         let left = leftovers(mh.owner.uid, Duration::from_secs(15).saturating_sub(t0.elapsed()));
         assert!(left.is_empty(), "left running 15 s after SIGTERM:\n{}", procs::describe_pids(&left));
-        assert_eq!(last_run(&mh, "iso")["result"], "aborted", "{}\n{err}", mh.state("iso"));
+        assert_eq!(mh.last_run("iso")["result"], "aborted", "{}\n{err}", mh.state("iso"));
         assert!(mh.state("iso")["running"].is_null(), "{}", mh.state("iso"));
     }
 }
@@ -667,10 +642,10 @@ e2e_test! {
     /// 0700 leave those untouched (mode, owner, ctime) and are removed.
     fn fix_perms_never_follows_a_symlink_out_of_the_tree() {
         let mut mh = MirrorHost::new();
-        mh.set_mirror_extra("iso", "exclude = [\"evil*\"]\n");
+        mh.set_opts("iso", opts().exclude("evil*"));
         mh.put("iso", "a.iso", b"a");
         mh.put("iso", "sub/b.iso", b"b");
-        ssh_sync_ok(&mut mh);
+        mh.ssh(Some("sync")).status(0).run();
 
         let outside = mh.path("outside");
         fs::create_dir_all(outside.join("dir")).unwrap();
@@ -703,7 +678,7 @@ e2e_test! {
         let before: Vec<_> = watched.iter().map(|p| fingerprint(p)).collect();
         std::thread::sleep(Duration::from_millis(20));
 
-        ssh_sync_ok(&mut mh);
+        mh.ssh(Some("sync")).status(0).run();
         let after: Vec<_> = watched.iter().map(|p| fingerprint(p)).collect();
         for ((p, b), a) in watched.iter().zip(&before).zip(&after) {
             assert_eq!(b, a, "{} changed", p.display());
@@ -715,7 +690,7 @@ e2e_test! {
         let up = fs::symlink_metadata(dest.join("sub/evil-up")).unwrap();
         assert!(up.file_type().is_symlink());
         assert_eq!((up.uid(), up.gid()), (mh.owner.uid, gid_of(READER_GROUP)));
-        let msg = last_run(&mh, "iso")["message"].as_str().unwrap().to_string();
+        let msg = mh.last_run("iso")["message"].as_str().unwrap().to_string();
         assert!(msg.contains("1 repaired, 5 removed"), "fix-perms did not remove the links itself: {msg}");
         assert_published_tree(&mh, &dest);
     }
@@ -726,26 +701,28 @@ e2e_test! {
     /// from the login account, and even root (whom sudo lets through) gets
     /// exit 64 naming the unknown mirror.
     fn fix_perms_takes_no_path_from_its_caller() {
-        let mut mh = MirrorHost::new();
+        let mh = MirrorHost::new();
         mh.put("iso", "a.iso", b"a");
-        ssh_sync_ok(&mut mh);
+        mh.ssh(Some("sync")).status(0).run();
         let bin = mh.bin.to_str().unwrap();
         let conf = mh.config.to_str().unwrap();
         let out = assert_sudo_refuses(&mh, "a path", &["-u", OWNER, bin, "--config", conf, "fix-perms", "../../etc"]);
-        assert!(text(&out.stderr).contains("a password is required"), "{}", support::show(&out));
+        assert_contains(&out.stderr, "a password is required");
 
-        let out = mh.syncgate(&["fix-perms", "nope"]);
-        assert_eq!(out.status.code(), Some(64), "{}", support::show(&out));
-        assert!(text(&out.stderr).contains("no mirror named \"nope\""), "{}", support::show(&out));
-        assert!(out.stdout.is_empty(), "{}", support::show(&out));
+        mh.syncgate()
+            .args(["fix-perms", "nope"])
+            .status(64)
+            .stderr_contains("no mirror named \"nope\"")
+            .stdout_empty()
+            .run();
 
-        let out = Command::new(SUDO)
-            .args(["-n", "-u", OWNER, bin, "--config", conf, "fix-perms", "../../etc"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(64), "{}", support::show(&out));
-        assert!(text(&out.stderr).contains("no mirror named \"../../etc\""), "{}", support::show(&out));
+        let mut cmd = Command::new(SUDO);
+        cmd.args(["-n", "-u", OWNER, bin, "--config", conf, "fix-perms", "../../etc"])
+            .stdin(Stdio::null());
+        Test::new(cmd)
+            .status(64)
+            .stderr_contains("no mirror named \"../../etc\"")
+            .run();
     }
 }
 
@@ -757,20 +734,19 @@ e2e_test! {
         let mh = MirrorHost::new();
         let bin = mh.bin.to_str().unwrap().to_string();
         let sudo_owner = |conf: &Path, verb: &str| {
-            Command::new(SUDO)
-                .args(["-n", "-u", OWNER, &bin, "--config"])
+            let mut cmd = Command::new(SUDO);
+            cmd.args(["-n", "-u", OWNER, &bin, "--config"])
                 .arg(conf)
                 .args([verb, "iso"])
-                .stdin(Stdio::null())
-                .output()
-                .unwrap()
+                .stdin(Stdio::null());
+            Test::new(cmd).tree(mh.dest("iso"))
         };
         let untrusted = mh.path("untrusted");
         fs::create_dir_all(untrusted.join("root-dir")).unwrap();
         nix::unistd::chown(&untrusted, Some(mh.login.uid.into()), Some(mh.login.gid.into())).unwrap();
         set_mode(&untrusted, 0o755);
         set_mode(&untrusted.join("root-dir"), 0o755);
-        let text_ = mh.config_text();
+        let text_ = mh.cfg.render();
         let owned = untrusted.join("syncgate.toml");
         fs::write(&owned, &text_).unwrap();
         nix::unistd::chown(&owned, Some(mh.login.uid.into()), Some(mh.login.gid.into())).unwrap();
@@ -796,18 +772,18 @@ e2e_test! {
             ("a root-owned symlink to a file in a directory of the login account", &via_link),
         ] {
             for verb in ["transfer", "fix-perms"] {
-                let out = sudo_owner(conf, verb);
-                assert_eq!(out.status.code(), Some(78), "{verb} with a config {what}: {}", support::show(&out));
-                let err = text(&out.stderr);
-                assert!(err.contains("must be owned by root and not writable by group or others"), "{what}: {err}");
-                assert!(out.stdout.is_empty(), "{what}: {}", support::show(&out));
+                sudo_owner(conf, verb)
+                    .status(78)
+                    .stderr_contains("must be owned by root and not writable by group or others")
+                    .stdout_empty()
+                    .context(|| format!("{verb} with a config {what}"))
+                    .run();
             }
         }
         assert!(!mh.dest("iso").join("a.iso").exists(), "something was transferred");
 
         // The real config works the same way.
-        let out = sudo_owner(&mh.config, "transfer");
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        sudo_owner(&mh.config, "transfer").status(0).run();
         assert!(mh.dest("iso").join("a.iso").exists());
     }
 }
@@ -824,12 +800,11 @@ e2e_test! {
         let md = fs::metadata(installed).unwrap();
         assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o440, 0, 0));
         run_ok(Command::new(support::require_tool("visudo")).arg("-c"));
-        let printed = mh.syncgate(&["sudoers"]);
-        assert!(printed.status.success(), "{}", support::show(&printed));
+        let printed = mh.syncgate().arg("sudoers").status(0).run();
         let rule = fs::read(installed).unwrap();
-        assert_eq!(text(&rule), text(&printed.stdout));
+        assert_eq!(String::from_utf8_lossy(&rule), stdout(&printed));
         let line = owner_line(&mh, "transfer", "iso").join(" ");
-        assert!(text(&rule).contains(&format!("syncgate ALL=(mirror) NOPASSWD: {line}, ")), "{}", text(&rule));
+        assert_contains(&rule, &format!("syncgate ALL=(mirror) NOPASSWD: {line}, "));
         let leftovers: Vec<_> = fs::read_dir("/etc/sudoers.d").unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with(".syncgate")).collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
 
@@ -838,21 +813,27 @@ e2e_test! {
         set_mode(&spaced_dir, 0o755);
         let spaced = spaced_dir.join("syncgate.toml");
         let run = |conf: &Path, args: &[&str]| {
-            Command::new(&mh.bin).arg("--config").arg(conf).args(args).stdin(Stdio::null()).output().unwrap()
+            let mut cmd = Command::new(&mh.bin);
+            cmd.arg("--config").arg(conf).args(args).stdin(Stdio::null());
+            Test::new(cmd)
         };
-        fs::write(&spaced, mh.config_text()).unwrap();
+        fs::write(&spaced, mh.cfg.render()).unwrap();
         for args in [&["sudoers"][..], &["sudoers", "--install"]] {
-            let out = run(&spaced, args);
-            assert_eq!(out.status.code(), Some(78), "{}", support::show(&out));
-            assert!(text(&out.stderr).contains("with privilege = \"sudo\" the config path may only hold letters, digits, '/', '.', '_' and '-'"), "{}", support::show(&out));
-            assert!(out.stdout.is_empty());
+            run(&spaced, args)
+                .status(78)
+                .stderr_contains("with privilege = \"sudo\" the config path may only hold letters, digits, '/', '.', '_' and '-'")
+                .stdout_empty()
+                .run();
         }
-        fs::write(&spaced, mh.config_text().replace("privilege = \"sudo\"", "privilege = \"direct\"")).unwrap();
+        let mut direct = mh.cfg.clone();
+        direct.privilege = "direct";
+        fs::write(&spaced, direct.render()).unwrap();
         for args in [&["sudoers"][..], &["sudoers", "--install"]] {
-            let out = run(&spaced, args);
-            assert_eq!(out.status.code(), Some(78), "{}", support::show(&out));
-            assert!(text(&out.stderr).contains("a command line holds characters sudoers would interpret"), "{}", support::show(&out));
-            assert!(out.stdout.is_empty());
+            run(&spaced, args)
+                .status(78)
+                .stderr_contains("a command line holds characters sudoers would interpret")
+                .stdout_empty()
+                .run();
         }
         assert_eq!(fs::read(installed).unwrap(), rule, "the installed rule changed");
     }

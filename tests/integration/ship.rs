@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::mirror_host::{MirrorHost, LOGIN, OWNER};
-use crate::support::{self, e2e_test, fields, require_tool, run_ok};
+use crate::support::{e2e_test, fields, require_tool, run_ok, Mirrors, Test};
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -155,31 +155,25 @@ fn units_pass_systemd_analyze_verify_with_their_binary_and_man_page() {
     let page = run_ok(Command::new(env!("CARGO_BIN_EXE_syncgate")).args(["generate", "man"]));
     fs::write(man.join("man1/syncgate.1"), page).unwrap();
 
-    let out = Command::new(analyze)
-        .arg("verify")
+    let mut cmd = Command::new(analyze);
+    cmd.arg("verify")
         .arg(format!("--root={}", root.display()))
         .args(["syncgate.service", "syncgate.timer"])
-        .env("MANPATH", &man)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", support::show(&out));
-    assert!(
-        out.stdout.is_empty() && out.stderr.is_empty(),
-        "no warnings: {}",
-        support::show(&out)
-    );
+        .env("MANPATH", &man);
+    // No warnings.
+    Test::new(cmd).status(0).stdout_empty().stderr_empty().run();
 
     // The same check fails when ExecStart's binary is missing, so it is real.
     fs::remove_file(root.join("usr/bin/syncgate")).unwrap();
-    let out = Command::new(require_tool("systemd-analyze"))
-        .arg("verify")
+    let mut cmd = Command::new(require_tool("systemd-analyze"));
+    cmd.arg("verify")
         .arg(format!("--root={}", root.display()))
         .arg("syncgate.service")
-        .env("MANPATH", &man)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{}", support::show(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/usr/bin/syncgate"));
+        .env("MANPATH", &man);
+    Test::new(cmd)
+        .failure()
+        .stderr_contains("/usr/bin/syncgate")
+        .run();
 }
 
 #[test]
@@ -195,13 +189,11 @@ fn tmpfiles_entry_creates_the_state_dir_for_the_login_account() {
     )
     .unwrap();
     fs::write(root.join("etc/group"), "root:x:0:\nsyncgate:x:986:\n").unwrap();
-    let out = Command::new(tmpfiles)
-        .arg("--create")
+    let mut cmd = Command::new(tmpfiles);
+    cmd.arg("--create")
         .arg(format!("--root={}", root.display()))
-        .arg(repo("systemd/syncgate.tmpfiles"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", support::show(&out));
+        .arg(repo("systemd/syncgate.tmpfiles"));
+    Test::new(cmd).status(0).tree(root).run();
     let md = fs::metadata(root.join("var/lib/syncgate")).unwrap();
     assert!(md.is_dir());
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (987, 986, 0o750));
@@ -262,19 +254,17 @@ e2e_test! {
         argv.splice(1..1, ["--config".to_string(), mh.config.display().to_string()]);
         let path = systemd_default_path();
         let run = |prefix: &[&str]| {
-            Command::new(require_tool("runuser"))
-                .args(["-u", &user, "--"])
+            let mut cmd = Command::new(require_tool("runuser"));
+            cmd.args(["-u", &user, "--"])
                 .args(prefix)
                 .args(&argv)
                 .env_clear()
                 .env("PATH", &path)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap()
+                .stdin(std::process::Stdio::null());
+            Test::new(cmd).tree(mh.dest("iso"))
         };
 
-        let out = run(&[]);
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        run(&[]).status(0).run();
         let dest = mh.dest("iso");
         let md = fs::metadata(dest.join("a.iso")).unwrap();
         assert_eq!(md.uid(), mh.owner.uid, "written by {OWNER} through sudo");
@@ -293,9 +283,10 @@ e2e_test! {
         // Why the unit has no NoNewPrivileges= (nor anything implying it):
         // with the flag set, sudo refuses and the sync fails, publishing nothing.
         mh.put("iso", "b.iso", b"second");
-        let out = run(&[require_tool("setpriv").to_str().unwrap(), "--no-new-privs", "--"]);
-        assert_eq!(out.status.code(), Some(1), "{}", support::show(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("no new privileges"), "{}", support::show(&out));
+        run(&[require_tool("setpriv").to_str().unwrap(), "--no-new-privs", "--"])
+            .status(1)
+            .stderr_contains("no new privileges")
+            .run();
         assert!(!dest.join("b.iso").exists());
         assert_eq!(mh.state("iso")["runs"][1]["result"], "failed");
     }

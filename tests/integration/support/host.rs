@@ -266,6 +266,14 @@ impl Host {
         self.sshd.as_mut().expect("call host.start_sshd() first")
     }
 
+    /// Everything the running sshd logged so far ("(sshd not started)" if
+    /// there is none), for failure reports.
+    pub fn sshd_log(&self) -> String {
+        self.sshd
+            .as_ref()
+            .map_or_else(|| "(sshd not started)".into(), Sshd::log)
+    }
+
     /// Stops sshd (graceful, then forced), e.g. to restart it with a new config.
     pub fn stop_sshd(&mut self) {
         self.sshd = None;

@@ -6,11 +6,13 @@
 //! `syncgate authorized-key`, a real sshd and a syslog receiver.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use super::cmd::Test;
+use super::config::{opts, Config, Key, Mirror, Opts};
 use super::host::{set_mode, Host, UserInfo, UserOpts};
+use super::mirrors::Mirrors;
 use super::SyslogReceiver;
 
 pub const LOGIN: &str = "syncgate";
@@ -21,7 +23,9 @@ pub const READER_GROUP: &str = "www-data";
 pub struct MirrorHost {
     pub host: Host,
     pub bin: PathBuf,
+    /// The config file.
     pub config: PathBuf,
+    pub cfg: Config,
     pub upstream: PathBuf,
     pub state_dir: PathBuf,
     pub log: SyslogReceiver,
@@ -30,22 +34,17 @@ pub struct MirrorHost {
     pub reader: UserInfo,
     /// Private key of the `jenkins` client key.
     pub key: PathBuf,
-    mirrors: Vec<(String, String)>,
-    keys_toml: String,
 }
-
-/// Default key table: `jenkins` may sync and see mirror `iso`.
-pub const JENKINS: &str = "[key.jenkins]\nverbs = [\"sync\", \"status\", \"help\"]\nmirrors = [\"iso\"]\nfrom = [\"127.0.0.0/8\"]\n";
 
 impl MirrorHost {
     /// One mirror `iso` from a local upstream, and the `jenkins` key.
     pub fn new() -> MirrorHost {
-        MirrorHost::with(&[("iso", "")], JENKINS)
+        MirrorHost::with(&[("iso", opts())], &[Key::jenkins()])
     }
 
-    /// `mirrors`: (name, extra lines for its table). `keys_toml`: the
-    /// `[key.*]` tables. Each mirror's upstream is `upstream/NAME`.
-    pub fn with(mirrors: &[(&str, &str)], keys_toml: &str) -> MirrorHost {
+    /// `mirrors`: (name, its optional settings). `keys`: the `[key.*]`
+    /// tables. Each mirror's upstream is `upstream/NAME`.
+    pub fn with(mirrors: &[(&str, Opts)], keys: &[Key]) -> MirrorHost {
         let mut host = Host::new();
         let login = host.add_user(LOGIN, &UserOpts::default());
         let owner = host.add_user(
@@ -70,7 +69,7 @@ impl MirrorHost {
         let bin_dir = host.path("usr-bin");
         fs::create_dir_all(&bin_dir).unwrap();
         let bin = bin_dir.join("syncgate");
-        fs::copy(env!("CARGO_BIN_EXE_syncgate"), &bin).unwrap();
+        fs::copy(super::syncgate_bin(), &bin).unwrap();
         set_mode(&bin, 0o755);
         let conf_dir = host.path("etc-syncgate");
         fs::create_dir_all(&conf_dir).unwrap();
@@ -84,15 +83,7 @@ impl MirrorHost {
         fs::create_dir_all(&srv).unwrap();
         set_mode(&srv, 0o755);
         for (name, _) in mirrors {
-            let d = srv.join(name);
-            fs::create_dir_all(&d).unwrap();
-            nix::unistd::chown(
-                &d,
-                Some(owner.uid.into()),
-                Some(nix::unistd::Gid::from_raw(gid_of(READER_GROUP))),
-            )
-            .unwrap();
-            set_mode(&d, 0o2750);
+            make_dest(&srv.join(name), &owner);
         }
         let state_dir = host.path("var-lib-syncgate");
         fs::create_dir_all(&state_dir).unwrap();
@@ -100,10 +91,26 @@ impl MirrorHost {
         set_mode(&state_dir, 0o750);
 
         let log = host.syslog();
+        let cfg = Config {
+            rsync: None,
+            state_dir: state_dir.clone(),
+            privilege: "sudo",
+            login_user: Some(LOGIN.into()),
+            binary: Some(bin.clone()),
+            heartbeat: 1,
+            syslog_socket: log.path().to_path_buf(),
+            syslog_facility: Some("authpriv".into()),
+            mirrors: mirrors
+                .iter()
+                .map(|(name, o)| mirror(&upstream, &srv, name, o.clone()))
+                .collect(),
+            keys: keys.to_vec(),
+        };
         let key_name = "jenkins";
         let (key, public) = host.client_key(key_name);
         let mut mh = MirrorHost {
             config: conf_dir.join("syncgate.toml"),
+            cfg,
             host,
             bin,
             upstream,
@@ -113,31 +120,24 @@ impl MirrorHost {
             owner,
             reader,
             key,
-            mirrors: mirrors
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
-            keys_toml: keys_toml.to_string(),
         };
         mh.write_config();
-        let out = mh.syncgate(&["sudoers", "--install"]);
-        assert!(
-            out.status.success(),
-            "sudoers --install: {}",
-            super::show(&out)
-        );
+        mh.syncgate().args(["sudoers", "--install"]).status(0).run();
 
         let pubfile = mh.host.path("jenkins.pub");
         fs::write(&pubfile, format!("{public}\n")).unwrap();
-        let line = mh.syncgate(&[
-            "authorized-key",
-            "--key",
-            key_name,
-            "--from",
-            "127.0.0.1/32",
-            pubfile.to_str().unwrap(),
-        ]);
-        assert!(line.status.success(), "{}", super::show(&line));
+        let line = mh
+            .syncgate()
+            .args([
+                "authorized-key",
+                "--key",
+                key_name,
+                "--from",
+                "127.0.0.1/32",
+            ])
+            .arg(&pubfile)
+            .status(0)
+            .run();
         let line = String::from_utf8(line.stdout).unwrap();
         let (opts, keypart) = line.trim().split_once(" ssh-ed25519 ").unwrap();
         mh.host
@@ -146,97 +146,95 @@ impl MirrorHost {
         mh
     }
 
-    pub fn dest(&self, mirror: &str) -> PathBuf {
-        self.host.path("srv").join(mirror)
-    }
-
-    pub fn config_text(&self) -> String {
-        let mut t = format!(
-            "state_dir = \"{}\"\nprivilege = \"sudo\"\nlogin_user = \"{LOGIN}\"\nbinary = \"{}\"\nheartbeat = 1\n\n[syslog]\nsocket = \"{}\"\nfacility = \"authpriv\"\n\n",
-            self.state_dir.display(),
-            self.bin.display(),
-            self.log.path().display()
-        );
-        for (name, extra) in &self.mirrors {
-            t.push_str(&format!(
-                "[mirror.{name}]\nupstream = \"{}\"\ndest = \"{}\"\nowner = \"{OWNER}\"\nreader_group = \"{READER_GROUP}\"\n{extra}\n\n",
-                self.upstream.join(name).display(),
-                self.dest(name).display()
-            ));
-        }
-        t.push_str(&self.keys_toml);
-        t
-    }
-
-    /// Writes the config (root:root 0644).
-    pub fn write_config(&self) {
-        fs::write(&self.config, self.config_text()).unwrap();
-        fs::set_permissions(&self.config, fs::Permissions::from_mode(0o644)).unwrap();
-    }
-
-    /// Replaces one mirror's extra lines and rewrites the config (the
-    /// sudoers rule is not touched).
-    pub fn set_mirror_extra(&mut self, mirror: &str, extra: &str) {
-        for m in &mut self.mirrors {
-            if m.0 == mirror {
-                m.1 = extra.to_string();
-            }
-        }
-        self.write_config();
-    }
-
     /// Adds mirror `name` (upstream `upstream/NAME`, dest `srv/NAME` owned
     /// by the owner, mode 2750) and rewrites the config; the sudoers rule is
     /// not touched (run `syncgate sudoers --install` to match it).
-    pub fn add_mirror(&mut self, name: &str, extra: &str) {
+    pub fn add_mirror(&mut self, name: &str, opts: Opts) {
         fs::create_dir_all(self.upstream.join(name)).unwrap();
-        let d = self.dest(name);
-        fs::create_dir_all(&d).unwrap();
-        nix::unistd::chown(
-            &d,
-            Some(self.owner.uid.into()),
-            Some(nix::unistd::Gid::from_raw(gid_of(READER_GROUP))),
-        )
-        .unwrap();
-        set_mode(&d, 0o2750);
-        self.mirrors.push((name.to_string(), extra.to_string()));
-        self.write_config();
+        let srv = self.host.path("srv");
+        make_dest(&srv.join(name), &self.owner);
+        let m = mirror(&self.upstream, &srv, name, opts);
+        self.reconfigure(|c| c.mirrors.push(m));
     }
 
-    /// Runs syncgate as root with this host's config.
-    pub fn syncgate(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// `ssh syncgate@127.0.0.1 CMD` with the jenkins key (stdin: /dev/null).
-    pub fn ssh(&self, cmd: Option<&str>) -> Command {
+    /// `ssh syncgate@127.0.0.1 [CMD]` with the jenkins key (stdin:
+    /// /dev/null), as a plain command.
+    pub fn ssh_command(&self, cmd: Option<&str>) -> Command {
         let mut c = self.host.ssh(LOGIN, &self.key, cmd);
         c.stdin(Stdio::null());
         c
     }
 
-    pub fn put(&self, mirror: &str, rel: &str, bytes: &[u8]) {
-        let p = self.upstream.join(mirror).join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, bytes).unwrap();
+    /// `ssh syncgate@127.0.0.1 [CMD]` with the jenkins key as a [`Test`]: its
+    /// failure report lists every dest and sshd's log.
+    pub fn ssh(&self, cmd: Option<&str>) -> Test<'_> {
+        self.ssh_test(self.ssh_command(cmd))
     }
 
-    pub fn state(&self, mirror: &str) -> serde_json::Value {
-        fs::read(self.state_dir.join(format!("{mirror}.state.json")))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(serde_json::Value::Null)
+    /// `ssh syncgate@127.0.0.1` with `key` and the remote command given as
+    /// raw bytes (the client sends argv bytes as they are), stdin /dev/null.
+    pub fn ssh_raw(&self, key: &Path, cmd: Option<&std::ffi::OsStr>) -> Test<'_> {
+        let mut c = self.host.ssh(LOGIN, key, None);
+        if let Some(cmd) = cmd {
+            c.arg(cmd);
+        }
+        c.stdin(Stdio::null());
+        self.ssh_test(c)
+    }
+
+    fn ssh_test(&self, c: Command) -> Test<'_> {
+        let mut t = Test::new(c);
+        for m in &self.cfg.mirrors {
+            t = t.tree(&m.dest);
+        }
+        t.context(|| format!("--- sshd log ---\n{}", self.host.sshd_log()))
     }
 
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.host.path(rel)
     }
+}
+
+impl Mirrors for MirrorHost {
+    fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+    fn cfg_mut(&mut self) -> &mut Config {
+        &mut self.cfg
+    }
+    fn config_path(&self) -> &Path {
+        &self.config
+    }
+    fn bin(&self) -> &Path {
+        &self.bin
+    }
+    fn upstream_dir(&self, mirror: &str) -> PathBuf {
+        self.upstream.join(mirror)
+    }
+}
+
+/// `[mirror.NAME]` of this host: upstream `UPSTREAM/NAME`, dest `SRV/NAME`.
+fn mirror(upstream: &Path, srv: &Path, name: &str, opts: Opts) -> Mirror {
+    Mirror {
+        name: name.into(),
+        upstream: upstream.join(name).display().to_string(),
+        dest: srv.join(name),
+        owner: OWNER.into(),
+        reader_group: READER_GROUP.into(),
+        opts,
+    }
+}
+
+/// A dest directory: owner:www-data, mode 2750.
+fn make_dest(d: &Path, owner: &UserInfo) {
+    fs::create_dir_all(d).unwrap();
+    nix::unistd::chown(
+        d,
+        Some(owner.uid.into()),
+        Some(nix::unistd::Gid::from_raw(gid_of(READER_GROUP))),
+    )
+    .unwrap();
+    set_mode(d, 0o2750);
 }
 
 pub fn gid_of(group: &str) -> u32 {
@@ -264,27 +262,11 @@ impl MirrorHost {
             args.extend(["--from", cidr]);
         }
         args.push(pubfile.to_str().unwrap());
-        let out = self.syncgate(&args);
-        assert!(
-            out.status.success(),
-            "authorized-key: {}",
-            super::show(&out)
-        );
+        let out = self.syncgate().args(&args).status(0).run();
         let file = self.login.home.join(".ssh/authorized_keys");
         let mut f = fs::OpenOptions::new().append(true).open(&file).unwrap();
         f.write_all(&out.stdout).unwrap();
         key
-    }
-
-    /// `ssh syncgate@127.0.0.1` with `key` and the remote command given as raw
-    /// bytes (the client sends argv bytes as they are), stdin /dev/null.
-    pub fn ssh_raw(&self, key: &Path, cmd: Option<&std::ffi::OsStr>) -> Command {
-        let mut c = self.host.ssh(LOGIN, key, None);
-        if let Some(cmd) = cmd {
-            c.arg(cmd);
-        }
-        c.stdin(Stdio::null());
-        c
     }
 
     /// Live gate processes: processes of the login account whose command
@@ -316,35 +298,5 @@ impl MirrorHost {
         pids.sort_unstable();
         pids.dedup();
         pids
-    }
-
-    /// Waits until the state file of `mirror` satisfies `pred`; returns it,
-    /// or panics with the last state after `timeout`.
-    pub fn wait_state(
-        &self,
-        mirror: &str,
-        timeout: std::time::Duration,
-        what: &str,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let s = self.state(mirror);
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{mirror}: {what} did not happen within {timeout:?}; state: {s:#}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until a run of `mirror` is in progress (state `running` set).
-    pub fn wait_running(&self, mirror: &str, timeout: std::time::Duration) -> serde_json::Value {
-        self.wait_state(mirror, timeout, "a run starting", |s| {
-            !s["running"].is_null()
-        })
     }
 }

@@ -9,6 +9,11 @@
 //! * [`rsyncd`]: a real `rsync --daemon` (works with or without namespace).
 //! * [`syslog`]: a Unix datagram syslog receiver and a `key=value` parser.
 //! * [`procs`]: child-process guards and `/proc` scans for hygiene asserts.
+//! * [`config`]: the syncgate config as typed fields, rendered once.
+//! * [`cmd`]: [`Test`], one builder to run a command and state its exit,
+//!   stdout and stderr; [`check`]: the shared assertions and waits.
+//! * [`fixture`] (local, `privilege = "direct"`) and [`mirror_host`] (ssh,
+//!   sudo, real accounts): the two fixtures, sharing [`mirrors::Mirrors`].
 //!
 //! Every helper panics with a descriptive message instead of returning errors:
 //! they are test fixtures, and a failed fixture should fail the test loudly.
@@ -16,8 +21,13 @@
 // Not every test uses every helper.
 #![allow(dead_code)]
 
+pub mod check;
+pub mod cmd;
+pub mod config;
+pub mod fixture;
 pub mod host;
 pub mod mirror_host;
+pub mod mirrors;
 pub mod ns;
 pub mod observer;
 pub mod procs;
@@ -33,7 +43,15 @@ use std::time::{Duration, Instant};
 
 // The common names, so tests can `use crate::support::{...}`.
 #[allow(unused_imports)]
+pub use check::{assert_contains, assert_eventually, assert_lacks, stderr, stdout, wait_until};
+#[allow(unused_imports)]
+pub use cmd::Test;
+#[allow(unused_imports)]
+pub use config::{opts, Key, Opts};
+#[allow(unused_imports)]
 pub use host::{Host, UserInfo, UserOpts};
+#[allow(unused_imports)]
+pub use mirrors::Mirrors;
 pub(crate) use ns::e2e_test;
 #[allow(unused_imports)]
 pub use procs::ChildGuard;
@@ -102,7 +120,8 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Renders an `Output` (status, stdout, stderr) for assertion messages.
+/// Renders an `Output` (status, stdout, stderr) for assertion messages: the
+/// one output formatter of the tests.
 pub fn show(out: &Output) -> String {
     format!(
         "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -119,4 +138,24 @@ pub fn describe(cmd: &Command) -> String {
         .map(OsStr::to_string_lossy)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The syncgate binary cargo built for these tests.
+pub fn syncgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_syncgate"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so large test files do not
+/// compress away and need no RNG crate.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
 }

@@ -303,3 +303,24 @@ pub fn kill_all(pids: &[i32]) -> Vec<i32> {
     }
     ids.iter().filter(|p| p.alive()).map(|p| p.pid).collect()
 }
+
+/// Processes whose command line mentions `needle` (e.g. a test's dest path).
+pub fn processes_mentioning(needle: &Path) -> Vec<(i32, String)> {
+    let needle = needle.display().to_string();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if cmd.contains(&needle) {
+                found.push((pid, cmd));
+            }
+        }
+    }
+    found
+}

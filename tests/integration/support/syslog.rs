@@ -76,6 +76,40 @@ impl SyslogReceiver {
 
     /// Waits until a received message satisfies `predicate` and returns the
     /// first such message, or `None` after `timeout`.
+    /// The parsed audit lines of `event` (`event=EVENT`), oldest first.
+    pub fn events(&self, event: &str) -> Vec<BTreeMap<String, String>> {
+        self.lines()
+            .iter()
+            .map(|l| fields(l))
+            .filter(|f| f.get("event").map(String::as_str) == Some(event))
+            .collect()
+    }
+
+    /// Waits until at least `n` audit lines of `event` arrived; returns them
+    /// all, or panics showing every line after `timeout`.
+    #[track_caller]
+    pub fn wait_events(
+        &self,
+        event: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<BTreeMap<String, String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.events(event);
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} event={event} audit lines within {timeout:?}, got {}:\n{}",
+                found.len(),
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn wait_for(&self, predicate: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {

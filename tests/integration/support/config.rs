@@ -1,0 +1,214 @@
+//! The syncgate config a fixture writes, as typed fields rendered to TOML in
+//! one place ([`Config::render`]). Tests change a field and rewrite the
+//! file; nothing edits config text by string replacement.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// The whole config file.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `rsync = "…"`: a wrapper script instead of the system rsync.
+    pub rsync: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// `"direct"` or `"sudo"`.
+    pub privilege: &'static str,
+    pub login_user: Option<String>,
+    pub binary: Option<PathBuf>,
+    pub heartbeat: u32,
+    pub syslog_socket: PathBuf,
+    pub syslog_facility: Option<String>,
+    pub mirrors: Vec<Mirror>,
+    pub keys: Vec<Key>,
+}
+
+/// One `[mirror.NAME]` table.
+#[derive(Clone, Debug)]
+pub struct Mirror {
+    pub name: String,
+    /// A local directory or an `rsync://` URL.
+    pub upstream: String,
+    pub dest: PathBuf,
+    pub owner: String,
+    pub reader_group: String,
+    pub opts: Opts,
+}
+
+/// The optional settings of a mirror table (unset: syncgate's default).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Opts {
+    pub bwlimit: Option<u64>,
+    pub timeout: Option<u64>,
+    pub io_timeout: Option<u64>,
+    pub queue_timeout: Option<u64>,
+    pub max_delete: Option<u64>,
+    pub file_mode: Option<&'static str>,
+    pub dir_mode: Option<&'static str>,
+    pub exclude: Vec<&'static str>,
+}
+
+/// No optional settings; chain the setters: `opts().bwlimit(1000)`.
+pub fn opts() -> Opts {
+    Opts::default()
+}
+
+impl Opts {
+    pub fn bwlimit(mut self, kib_per_s: u64) -> Opts {
+        self.bwlimit = Some(kib_per_s);
+        self
+    }
+    pub fn timeout(mut self, secs: u64) -> Opts {
+        self.timeout = Some(secs);
+        self
+    }
+    pub fn io_timeout(mut self, secs: u64) -> Opts {
+        self.io_timeout = Some(secs);
+        self
+    }
+    pub fn queue_timeout(mut self, secs: u64) -> Opts {
+        self.queue_timeout = Some(secs);
+        self
+    }
+    pub fn max_delete(mut self, n: u64) -> Opts {
+        self.max_delete = Some(n);
+        self
+    }
+    pub fn file_mode(mut self, mode: &'static str) -> Opts {
+        self.file_mode = Some(mode);
+        self
+    }
+    pub fn dir_mode(mut self, mode: &'static str) -> Opts {
+        self.dir_mode = Some(mode);
+        self
+    }
+    pub fn exclude(mut self, pattern: &'static str) -> Opts {
+        self.exclude.push(pattern);
+        self
+    }
+}
+
+/// One `[key.NAME]` table.
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub name: &'static str,
+    pub verbs: Vec<&'static str>,
+    pub mirrors: Vec<&'static str>,
+    pub from: Vec<&'static str>,
+}
+
+impl Key {
+    /// `jenkins` may sync and see mirror `iso`, from loopback.
+    pub fn jenkins() -> Key {
+        Key {
+            name: "jenkins",
+            verbs: vec!["sync", "status", "help"],
+            mirrors: vec!["iso"],
+            from: vec!["127.0.0.0/8"],
+        }
+    }
+}
+
+fn quoted(s: impl std::fmt::Display) -> String {
+    format!("\"{s}\"")
+}
+
+fn list(items: &[&str]) -> String {
+    let items: Vec<String> = items.iter().map(quoted).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl Config {
+    /// The mirror called `name` (panics if there is none).
+    pub fn mirror(&self, name: &str) -> &Mirror {
+        self.mirrors
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no mirror {name} in the test config"))
+    }
+
+    pub fn mirror_mut(&mut self, name: &str) -> &mut Mirror {
+        self.mirrors
+            .iter_mut()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no mirror {name} in the test config"))
+    }
+
+    /// The TOML text.
+    pub fn render(&self) -> String {
+        let mut t = String::new();
+        if let Some(r) = &self.rsync {
+            writeln!(t, "rsync = {}", quoted(r.display())).unwrap();
+        }
+        writeln!(t, "state_dir = {}", quoted(self.state_dir.display())).unwrap();
+        writeln!(t, "privilege = {}", quoted(self.privilege)).unwrap();
+        if let Some(u) = &self.login_user {
+            writeln!(t, "login_user = {}", quoted(u)).unwrap();
+        }
+        if let Some(b) = &self.binary {
+            writeln!(t, "binary = {}", quoted(b.display())).unwrap();
+        }
+        writeln!(t, "heartbeat = {}\n", self.heartbeat).unwrap();
+        writeln!(
+            t,
+            "[syslog]\nsocket = {}",
+            quoted(self.syslog_socket.display())
+        )
+        .unwrap();
+        if let Some(f) = &self.syslog_facility {
+            writeln!(t, "facility = {}", quoted(f)).unwrap();
+        }
+        t.push('\n');
+        for m in &self.mirrors {
+            m.render(&mut t);
+        }
+        for k in &self.keys {
+            writeln!(
+                t,
+                "[key.{}]\nverbs = {}\nmirrors = {}\nfrom = {}",
+                k.name,
+                list(&k.verbs),
+                list(&k.mirrors),
+                list(&k.from)
+            )
+            .unwrap();
+        }
+        t
+    }
+}
+
+impl Mirror {
+    fn render(&self, t: &mut String) {
+        writeln!(
+            t,
+            "[mirror.{}]\nupstream = {}\ndest = {}\nowner = {}\nreader_group = {}",
+            self.name,
+            quoted(&self.upstream),
+            quoted(self.dest.display()),
+            quoted(&self.owner),
+            quoted(&self.reader_group)
+        )
+        .unwrap();
+        let o = &self.opts;
+        let numbers = [
+            ("bwlimit", o.bwlimit),
+            ("timeout", o.timeout),
+            ("io_timeout", o.io_timeout),
+            ("queue_timeout", o.queue_timeout),
+            ("max_delete", o.max_delete),
+        ];
+        for (key, value) in numbers {
+            if let Some(v) = value {
+                writeln!(t, "{key} = {v}").unwrap();
+            }
+        }
+        for (key, value) in [("file_mode", o.file_mode), ("dir_mode", o.dir_mode)] {
+            if let Some(v) = value {
+                writeln!(t, "{key} = {}", quoted(v)).unwrap();
+            }
+        }
+        if !o.exclude.is_empty() {
+            writeln!(t, "exclude = {}", list(&o.exclude)).unwrap();
+        }
+        t.push('\n');
+    }
+}
