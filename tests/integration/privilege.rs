@@ -511,6 +511,39 @@ e2e_test! {
             ("an authorized_keys line with the right words in its comment", |mh| {
                 add_key_line(mh, |k| format!("{k} restrict,command=\"/usr/bin/syncgate ssh --key x\""))
             }, vec!["authorized_keys line 2 has no forced command".into()]),
+            ("home owned by the login account", |mh| {
+                nix::unistd::chown(&mh.login.home, Some(mh.login.uid.into()), None).unwrap();
+            }, vec!["home /home/syncgate".into(), "install a key of its own".into()]),
+            ("~/.ssh owned by the login account", |mh| {
+                nix::unistd::chown(&mh.login.home.join(".ssh"), Some(mh.login.uid.into()), None).unwrap();
+            }, vec![".ssh /home/syncgate/.ssh".into(), "install a key of its own".into()]),
+            ("authorized_keys owned by the login account", |mh| {
+                nix::unistd::chown(&mh.login.home.join(".ssh/authorized_keys"), Some(mh.login.uid.into()), None).unwrap();
+            }, vec!["authorized_keys /home/syncgate".into(), "install a key of its own".into()]),
+            ("the binary's directory owned by the login account", |mh| {
+                nix::unistd::chown(mh.bin.parent().unwrap(), Some(mh.login.uid.into()), None).unwrap();
+            }, vec!["syncgate ".into(), "whoever can change it runs code as the mirror owner".into()]),
+            ("a sudoers rule for another run-as user", |mh| {
+                mh.host.install_sudoers("syncgate-extra", "syncgate ALL=(www-data) NOPASSWD: ALL\n");
+            }, vec!["sudo grants syncgate more than syncgate's rule".into(), "run ALL as www-data".into()]),
+            ("a SETENV tag on syncgate's own line", |mh| {
+                let line = format!("syncgate ALL=(mirror) NOPASSWD:SETENV: {} --config {} transfer iso\n", mh.bin.display(), mh.config.display());
+                mh.host.install_sudoers("syncgate-extra", &line);
+            }, vec!["SETENV".into()]),
+            ("Defaults !env_reset for the login account", |mh| {
+                mh.host.install_sudoers("syncgate-extra", "Defaults:syncgate !env_reset\n");
+            }, vec!["!env_reset".into()]),
+            ("Defaults env_keep for the login account", |mh| {
+                mh.host.install_sudoers("syncgate-extra", "Defaults:syncgate env_keep += \"LD_PRELOAD\"\n");
+            }, vec!["env_keep".into(), "LD_PRELOAD".into()]),
+            ("a shell chained after the forced command, with a pty", |mh| {
+                let bin = mh.bin.display().to_string();
+                add_key_line(mh, |k| format!("restrict,pty,command=\"{bin} ssh --key jenkins; exec /bin/sh -i\" {k}"))
+            }, vec!["authorized_keys line 2".into(), "';'".into()]),
+            ("pty given back after restrict", |mh| {
+                let bin = mh.bin.display().to_string();
+                add_key_line(mh, |k| format!("restrict,pty,command=\"{bin} ssh --key jenkins\" {k}"))
+            }, vec!["authorized_keys line 2".into(), "undoes part of `restrict` with pty".into()]),
             ("a mirror named like a subcommand", |mh| {
                 mh.add_mirror("status", opts());
             }, vec!["mirror status: the name is also a syncgate subcommand".into()]),

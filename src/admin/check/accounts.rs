@@ -182,7 +182,7 @@ fn check_key_files(login: &str, uid: u32, home: &Path, r: &mut Report) {
             )),
             Ok(md) if md.uid() == uid || !mode_ok(&md) || md.file_type().is_symlink() => r.fail(
                 format!(
-                    "{what} {} (uid {}, mode {:o}) can be changed by {login} or others: the account could install a key of its own with no forced command (it must be owned by root and not writable by group or others)",
+                    "{what} {} (uid {}, mode {:o}) can be changed by {login}, group or others: the account could install a key of its own with no forced command, and sshd's StrictModes refuses a group- or world-writable one (it must be owned by root and not writable by group or others)",
                     p.display(),
                     md.uid(),
                     md.mode() & 0o7777

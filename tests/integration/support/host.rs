@@ -295,20 +295,18 @@ impl Host {
     }
 
     /// Writes `~user/.ssh/authorized_keys` with one line per (public key line,
-    /// options) pair (empty options: plain key), with the ownership and modes
-    /// StrictModes demands: home not group/world-writable, `.ssh` 0700 and
-    /// the file 0600, both owned by the user.
+    /// options) pair (empty options: plain key), the way the README and the
+    /// Debian package set it up: the home, `.ssh` and the file are root's
+    /// and not writable by the user, group or others (so the account cannot
+    /// swap in a key of its own), which also passes sshd's StrictModes.
     pub fn authorize(&self, user: &str, keys: &[(&str, &str)]) -> PathBuf {
         let u = self.user(user);
-        let home_mode = fs::metadata(&u.home)
-            .expect("stat home")
-            .permissions()
-            .mode();
-        set_mode(&u.home, home_mode & !0o022);
+        chown(&u.home, Some(0), Some(0)).expect("chown home");
+        set_mode(&u.home, 0o755);
         let ssh_dir = u.home.join(".ssh");
         fs::create_dir_all(&ssh_dir).expect("mkdir ~/.ssh");
-        chown(&ssh_dir, Some(u.uid), Some(u.gid)).expect("chown ~/.ssh");
-        set_mode(&ssh_dir, 0o700);
+        chown(&ssh_dir, Some(0), Some(0)).expect("chown ~/.ssh");
+        set_mode(&ssh_dir, 0o755);
         let text: String = keys
             .iter()
             .map(|(key, opts)| {
@@ -321,8 +319,8 @@ impl Host {
             .collect();
         let file = ssh_dir.join("authorized_keys");
         fs::write(&file, text).expect("write authorized_keys");
-        chown(&file, Some(u.uid), Some(u.gid)).expect("chown authorized_keys");
-        set_mode(&file, 0o600);
+        chown(&file, Some(0), Some(0)).expect("chown authorized_keys");
+        set_mode(&file, 0o644);
         file
     }
 
