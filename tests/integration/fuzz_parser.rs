@@ -47,7 +47,7 @@ fn named(n: &str) -> Option<Target> {
     Name::new(n).map(Target::Named)
 }
 
-/// The verb table of src/request.rs, written independently: space-separated
+/// The verb table of src/gate/request.rs, written independently: space-separated
 /// words, no quotes, nothing else special.
 fn reference(text: &str) -> Option<Request> {
     let words: Vec<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();

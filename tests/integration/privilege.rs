@@ -4,7 +4,7 @@
 //! * the image owner `mirror` owns every published entry;
 //! * the web server's group `www-data` can read everything and write nothing;
 //! * sudo lets the login account run exactly the two owner-side command
-//!   lines of `src/argv.rs` per mirror, and nothing else.
+//!   lines of `src/runner/argv.rs` per mirror, and nothing else.
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
