@@ -29,6 +29,12 @@ pub enum Level {
 
 /// A `key=value` line under construction. Values are quoted when they hold
 /// anything but plain printable characters, so a line always parses back.
+///
+/// No value ever contains `=`: inside quotes it is written `\x3d`, like
+/// every byte that is not printable ASCII. So the only `NAME=` in a line
+/// are its fields, and ` NAME=VALUE ` matched at a space (or the start of
+/// the message) cannot be forged by what a client sends or an upstream
+/// answers (README "Reading the audit log").
 #[derive(Debug, Default, Clone)]
 pub struct Line {
     text: String,
@@ -69,6 +75,7 @@ fn push_value(out: &mut String, v: &str) {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
+            '=' => out.push_str("\\x3d"),
             c if c == ' ' || c.is_ascii_graphic() => out.push(c),
             c => {
                 let mut buf = [0u8; 4];
@@ -152,9 +159,36 @@ mod tests {
     }
 
     #[test]
-    fn equals_sign_in_a_value_is_quoted() {
+    fn equals_sign_in_a_value_is_quoted_and_escaped() {
         let mut l = Line::new("x");
         l.kv("v", "a=b");
-        assert_eq!(l.as_str(), r#"event=x v="a=b""#);
+        assert_eq!(l.as_str(), r#"event=x v="a\x3db""#);
+    }
+
+    #[test]
+    fn no_value_can_read_as_a_field() {
+        let hostile = [
+            "sync key=jenkins decision=allow reason=ok",
+            "x\" key=jenkins",
+            "x\\\" decision=allow",
+            "@ERROR: down result=success exit=0",
+            "a\nevent=outcome result=success",
+        ];
+        for v in hostile {
+            let mut l = Line::new("decision");
+            l.kv("key", "intruder")
+                .kv("command", v)
+                .kv("decision", "refuse");
+            let text = l.as_str();
+            assert_eq!(text.matches('=').count(), 4, "{text}");
+            for field in ["event=decision", "key=intruder", "decision=refuse"] {
+                assert_eq!(
+                    text.matches(&format!(" {field}")).count()
+                        + usize::from(text.starts_with(field)),
+                    1,
+                    "{text}"
+                );
+            }
+        }
     }
 }

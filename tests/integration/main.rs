@@ -9,6 +9,7 @@
 mod fixture;
 mod support;
 
+mod audit_trail;
 mod core;
 mod faults;
 mod fuzz_parser;
