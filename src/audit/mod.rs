@@ -1,21 +1,37 @@
 //! The audit trail: one `key=value` line per decision and per outcome, sent to
-//! syslog with the ident `syncgate`. When syslog cannot be reached the line
-//! goes to stderr (prefixed `syncgate audit:`) and the request still proceeds.
+//! syslog with the ident `syncgate`.
+//!
+//! Sending never blocks for long: a line waits at most [`SEND_BUDGET`] for
+//! room in syslog's queue. When the socket is gone, refuses or stays full,
+//! that line and every later one of this process go to the fallback file
+//! `STATE_DIR/audit.log` ([`file`]); when that cannot be written either,
+//! to stderr (prefixed `syncgate: audit:`). [`Audit::record`] says where a
+//! line went, so the gate can refuse to sync when it went nowhere
+//! (`audit_required`).
 //!
 //! This module is the sink and the line format; every line's content is an
-//! event in [`events`].
+//! event in [`events`]; [`syslog`] is the RFC 3164 sender.
 
 pub mod events;
+mod file;
+mod syslog;
 
 use std::fmt::Write as _;
-use std::path::Path;
-
-use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::config::SyslogConfig;
+use file::AuditFile;
+use syslog::Syslog;
+
+pub use syslog::Facility;
+
+/// The longest one line waits for room in syslog's queue before it goes
+/// to the fallback file instead.
+pub const SEND_BUDGET: Duration = Duration::from_millis(200);
 
 pub fn parse_facility(s: &str) -> Option<Facility> {
-    s.parse().ok()
+    Facility::parse(s)
 }
 
 /// Severity of an audit line.
@@ -88,56 +104,121 @@ fn push_value(out: &mut String, v: &str) {
     out.push('"');
 }
 
+/// Where a line was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Syslog,
+    /// The fallback file in the state directory.
+    File,
+    /// Nowhere but stderr, which an SSH client reads, not the admin.
+    Nowhere,
+}
+
 /// Where audit lines go.
 pub struct Audit {
-    logger: Option<Logger<LoggerBackend, Formatter3164>>,
-    fallback_said: bool,
+    socket: PathBuf,
+    /// The connection, or why there is none (it is not retried).
+    syslog: Result<Syslog, String>,
+    /// The state directory, when known (not with a broken config).
+    fallback_dir: Option<PathBuf>,
+    file: Option<AuditFile>,
+    /// Why the fallback file could not take the last line.
+    file_trouble: Option<String>,
+    stderr_said: bool,
 }
 
 impl Audit {
-    /// Connects to the configured syslog socket. Never fails: without syslog,
-    /// lines go to stderr.
+    /// Connects to the configured syslog socket, with the fallback file in
+    /// the state directory. Never fails and never blocks.
     pub fn open(cfg: &SyslogConfig) -> Audit {
-        Audit::open_at(&cfg.facility, &cfg.socket)
+        let mut a = Audit::open_at(&cfg.facility, &cfg.socket);
+        a.fallback_dir = Some(cfg.fallback_dir.clone());
+        a
     }
 
+    /// Syslog only (then stderr): for when the config could not be read.
     pub fn open_at(facility: &str, socket: &Path) -> Audit {
-        let formatter = Formatter3164 {
-            facility: parse_facility(facility).unwrap_or(Facility::LOG_AUTHPRIV),
-            hostname: None,
-            process: "syncgate".into(),
-            pid: std::process::id(),
-        };
+        let facility = Facility::parse(facility).unwrap_or(Facility::AUTHPRIV);
         Audit {
-            logger: syslog::unix_custom(formatter, socket).ok(),
-            fallback_said: false,
+            socket: socket.to_path_buf(),
+            syslog: Syslog::connect(socket, facility).map_err(|e| e.to_string()),
+            fallback_dir: None,
+            file: None,
+            file_trouble: None,
+            stderr_said: false,
         }
     }
 
-    /// Writes one event.
-    pub fn record(&mut self, event: &impl events::Event) {
-        self.log(event.level(), &event.line());
+    /// Writes one event; says where it went.
+    pub fn record(&mut self, event: &impl events::Event) -> Recorded {
+        self.log(event.level(), &event.line())
     }
 
-    fn log(&mut self, level: Level, line: &Line) {
+    /// Why lines are not going to syslog and the fallback file, for a
+    /// refusal message: `syslog /dev/log: …; /var/lib/syncgate/audit.log: …`.
+    pub fn trouble(&self) -> String {
+        let mut parts = Vec::new();
+        if let Err(e) = &self.syslog {
+            parts.push(format!("syslog {}: {e}", self.socket.display()));
+        }
+        match (&self.fallback_dir, &self.file_trouble) {
+            (None, _) => parts.push("no state directory for the fallback file".into()),
+            (Some(_), Some(t)) => parts.push(t.clone()),
+            (Some(_), None) => {}
+        }
+        parts.join("; ")
+    }
+
+    fn log(&mut self, level: Level, line: &Line) -> Recorded {
         let msg = line.as_str();
-        if let Some(logger) = self.logger.as_mut() {
-            let sent = match level {
-                Level::Info => logger.info(msg),
-                Level::Notice => logger.notice(msg),
-                Level::Warning => logger.warning(msg),
-                Level::Error => logger.err(msg),
-            };
-            if sent.is_ok() {
-                return;
+        if let Ok(s) = &mut self.syslog {
+            match s.send(level, msg, SEND_BUDGET) {
+                Ok(()) => return Recorded::Syslog,
+                Err(e) => self.syslog = Err(e.to_string()),
             }
-            self.logger = None;
         }
-        if !self.fallback_said {
-            self.fallback_said = true;
-            crate::sys::progress::say("syslog unreachable; audit lines follow on stderr");
+        if self.append(msg) {
+            return Recorded::File;
+        }
+        if !self.stderr_said {
+            self.stderr_said = true;
+            crate::sys::progress::say(&format!(
+                "audit trail unavailable ({}); audit lines follow on stderr",
+                self.trouble()
+            ));
         }
         crate::sys::progress::say(&format!("audit: {msg}"));
+        Recorded::Nowhere
+    }
+
+    /// Appends to the fallback file, opening it first if needed (a state
+    /// directory that appears later is used then).
+    fn append(&mut self, msg: &str) -> bool {
+        let Some(dir) = &self.fallback_dir else {
+            return false;
+        };
+        if self.file.is_none() {
+            match AuditFile::open(dir) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    self.file_trouble = Some(format!("{}: {e}", file::path_in(dir).display()));
+                    return false;
+                }
+            }
+        }
+        let written = self.file.as_mut().map(|f| f.append(syslog::now(), msg));
+        match written {
+            Some(Ok(())) => {
+                self.file_trouble = None;
+                true
+            }
+            Some(Err(e)) => {
+                self.file_trouble = Some(format!("{}: {e}", file::path_in(dir).display()));
+                self.file = None;
+                false
+            }
+            None => false,
+        }
     }
 }
 
