@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::admin::status::{self, TextTo};
 use crate::audit::events::{Client, Decision, Verdict, Via};
-use crate::audit::Audit;
+use crate::audit::{Audit, Recorded};
 use crate::config::{Config, KeyConfig};
 use crate::error::{Error, Exit, Result};
 use crate::gate::policy::{Action, KeyPolicy};
@@ -150,9 +150,16 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
     };
     let action = policy::authorize(&parsed, &pol, client.map(|c| c.0))
         .map_err(|r| refuse(&mut audit, &asked, &r, &pol, None))?;
-    audit.record(&asked.decision(Verdict::Allow {
+    let recorded = audit.record(&asked.decision(Verdict::Allow {
         action: &parsed.canonical(),
     }));
+    if cfg.audit_required && recorded == Recorded::Nowhere && matches!(action, Action::Sync { .. })
+    {
+        return Err(Error::Internal(format!(
+            "refused: this sync could not be audited ({}), and audit_required is set; ask the mirror's administrator",
+            audit.trouble()
+        )));
+    }
 
     match action {
         Action::Help => {
