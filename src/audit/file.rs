@@ -58,10 +58,12 @@ impl AuditFile {
         Ok(AuditFile { file })
     }
 
-    /// Appends `TIMESTAMP syncgate[PID]: MSG` as one line, in one write.
-    pub fn append(&mut self, secs: u64, msg: &str) -> io::Result<()> {
+    /// Appends `TIMESTAMP LEVEL syncgate[PID]: MSG` as one line, in one
+    /// write; LEVEL is syslog's name of the severity (`info`, `notice`,
+    /// `warning`, `err`).
+    pub fn append(&mut self, secs: u64, level: &str, msg: &str) -> io::Result<()> {
         let line = format!(
-            "{} syncgate[{}]: {msg}\n",
+            "{} {level} syncgate[{}]: {msg}\n",
             crate::sys::timefmt::iso(secs),
             std::process::id()
         );
@@ -90,14 +92,14 @@ mod tests {
     fn lines_are_appended_to_a_new_0640_file() {
         let d = dir();
         let mut f = AuditFile::open(d.path()).unwrap();
-        f.append(1_795_255_100, "event=a").unwrap();
+        f.append(1_795_255_100, "notice", "event=a").unwrap();
         let mut f = AuditFile::open(d.path()).unwrap();
-        f.append(1_795_255_101, "event=b x=\"y z\"").unwrap();
+        f.append(1_795_255_101, "err", "event=b x=\"y z\"").unwrap();
         let pid = std::process::id();
         assert_eq!(
             std::fs::read_to_string(path_in(d.path())).unwrap(),
             format!(
-                "2026-11-21T09:58:20Z syncgate[{pid}]: event=a\n2026-11-21T09:58:21Z syncgate[{pid}]: event=b x=\"y z\"\n"
+                "2026-11-21T09:58:20Z notice syncgate[{pid}]: event=a\n2026-11-21T09:58:21Z err syncgate[{pid}]: event=b x=\"y z\"\n"
             )
         );
         let md = std::fs::metadata(path_in(d.path())).unwrap();

@@ -43,6 +43,18 @@ pub enum Level {
     Error,
 }
 
+impl Level {
+    /// Syslog's name for it (`journalctl -p`, the fallback file).
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Notice => "notice",
+            Level::Warning => "warning",
+            Level::Error => "err",
+        }
+    }
+}
+
 /// A `key=value` line under construction. Values are quoted when they hold
 /// anything but plain printable characters, so a line always parses back.
 ///
@@ -177,7 +189,7 @@ impl Audit {
                 Err(e) => self.syslog = Err(e.to_string()),
             }
         }
-        if self.append(msg) {
+        if self.append(level, msg) {
             return Recorded::File;
         }
         if !self.stderr_said {
@@ -193,7 +205,7 @@ impl Audit {
 
     /// Appends to the fallback file, opening it first if needed (a state
     /// directory that appears later is used then).
-    fn append(&mut self, msg: &str) -> bool {
+    fn append(&mut self, level: Level, msg: &str) -> bool {
         let Some(dir) = &self.fallback_dir else {
             return false;
         };
@@ -206,7 +218,10 @@ impl Audit {
                 }
             }
         }
-        let written = self.file.as_mut().map(|f| f.append(syslog::now(), msg));
+        let written = self
+            .file
+            .as_mut()
+            .map(|f| f.append(syslog::now(), level.name(), msg));
         match written {
             Some(Ok(())) => {
                 self.file_trouble = None;
