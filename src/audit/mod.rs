@@ -4,13 +4,13 @@
 //! Sending never blocks for long: a line waits at most [`SEND_BUDGET`] for
 //! room in syslog's queue. When the socket is gone, refuses or stays full,
 //! that line and every later one of this process go to the fallback file
-//! `STATE_DIR/audit.log` ([`file`]); when that cannot be written either,
+//! `STATE_DIR/audit.log` (`file.rs`); when that cannot be written either,
 //! to stderr (prefixed `syncgate: audit:`). [`Audit::record`] says where a
 //! line went, so the gate can refuse to sync when it went nowhere
 //! (`audit_required`).
 //!
 //! This module is the sink and the line format; every line's content is an
-//! event in [`events`]; [`syslog`] is the RFC 3164 sender.
+//! event in [`events`]; `syslog.rs` is the RFC 3164 sender.
 
 pub mod events;
 mod file;
@@ -259,6 +259,61 @@ mod tests {
         let mut l = Line::new("x");
         l.kv("v", "a=b");
         assert_eq!(l.as_str(), r#"event=x v="a\x3db""#);
+    }
+
+    struct Ev;
+    impl events::Event for Ev {
+        fn level(&self) -> Level {
+            Level::Warning
+        }
+        fn line(&self) -> Line {
+            Line::new("x")
+        }
+    }
+
+    fn cfg(dir: &Path, socket: &str) -> SyslogConfig {
+        SyslogConfig {
+            facility: "authpriv".into(),
+            socket: dir.join(socket),
+            fallback_dir: dir.join("state"),
+        }
+    }
+
+    #[test]
+    fn lines_go_to_syslog_then_the_state_dir_file_then_nowhere() {
+        let d = tempfile::tempdir().unwrap();
+        let rx = std::os::unix::net::UnixDatagram::bind(d.path().join("log.sock")).unwrap();
+        let mut a = Audit::open(&cfg(d.path(), "log.sock"));
+        assert_eq!(a.record(&Ev), Recorded::Syslog);
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("]: event=x"));
+
+        // Gone: the state dir does not exist yet, then it does.
+        let mut a = Audit::open(&cfg(d.path(), "gone.sock"));
+        assert_eq!(a.record(&Ev), Recorded::Nowhere);
+        let t = a.trouble();
+        assert!(t.contains("gone.sock") && t.contains("audit.log"), "{t}");
+        std::fs::create_dir(d.path().join("state")).unwrap();
+        assert_eq!(a.record(&Ev), Recorded::File);
+        let text = std::fs::read_to_string(d.path().join("state/audit.log")).unwrap();
+        assert!(text.contains("Z warning syncgate["), "{text}");
+        assert!(text.ends_with("]: event=x\n"), "{text}");
+
+        // Full: one wait of at most the budget, then the file at once.
+        let _tx = (0..100_000)
+            .map(|_| {
+                let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+                s.set_nonblocking(true).unwrap();
+                s.connect(d.path().join("log.sock")).unwrap();
+                s
+            })
+            .find(|s| s.send(b"fill").is_err());
+        let mut a = Audit::open(&cfg(d.path(), "log.sock"));
+        let t = std::time::Instant::now();
+        assert_eq!(a.record(&Ev), Recorded::File);
+        assert_eq!(a.record(&Ev), Recorded::File);
+        assert!(t.elapsed() < SEND_BUDGET + Duration::from_secs(1));
     }
 
     #[test]

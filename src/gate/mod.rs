@@ -4,7 +4,8 @@
 //! from the client. The client's command (`SSH_ORIGINAL_COMMAND`) is checked
 //! by the pure parser in [`crate::gate::request`] and the key's permissions in
 //! [`crate::gate::policy`]; a decision line is written to the audit log *before*
-//! anything runs. No client byte ever reaches an argv: accepted requests
+//! anything runs, and with `audit_required` a sync whose decision line could
+//! not be recorded (neither syslog nor the fallback file) does not run. No client byte ever reaches an argv: accepted requests
 //! only select among mirror names from the config.
 //!
 //! stdout carries only machine output (`status --json`); everything for
