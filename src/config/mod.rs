@@ -5,6 +5,7 @@
 //! state_dir = "/var/lib/syncgate"
 //! privilege = "sudo"           # or "direct"
 //! login_user = "syncgate"
+//! audit_required = true        # refuse an SSH sync that cannot be audited
 //!
 //! [mirror.debian-cd]
 //! upstream = "rsync://ftp.example.org/debian-cd/"
@@ -85,6 +86,9 @@ pub struct Config {
     /// This program, as the sudoers rule names it.
     pub binary: PathBuf,
     pub heartbeat: u64,
+    /// Refuse an SSH sync when its decision line could be recorded neither
+    /// in syslog nor in the fallback file (default true).
+    pub audit_required: bool,
     pub syslog: SyslogConfig,
     pub mirrors: BTreeMap<String, Mirror>,
     pub keys: BTreeMap<String, KeyConfig>,
@@ -94,6 +98,8 @@ pub struct Config {
 pub struct SyslogConfig {
     pub facility: String,
     pub socket: PathBuf,
+    /// The state directory: its `audit.log` takes the lines syslog cannot.
+    pub fallback_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -226,7 +232,8 @@ impl Config {
             Some(h) => h.into_inner(),
             None => 30,
         };
-        let syslog = syslog(&src, raw.syslog)?;
+        let audit_required = raw.audit_required.unwrap_or(true);
+        let syslog = syslog(&src, raw.syslog, &state_dir)?;
 
         let mut mirrors = BTreeMap::new();
         for (name, m) in raw.mirror {
@@ -248,6 +255,7 @@ impl Config {
             rsync,
             binary,
             heartbeat,
+            audit_required,
             syslog,
             mirrors,
             keys,
@@ -306,8 +314,9 @@ fn binary(src: &Source, raw: Option<Spanned<String>>, privilege: Privilege) -> R
     }
 }
 
-/// `[syslog]`: facility (default `authpriv`) and socket (default `/dev/log`).
-fn syslog(src: &Source, raw: Option<RawSyslog>) -> Result<SyslogConfig> {
+/// `[syslog]`: facility (default `authpriv`) and socket (default `/dev/log`);
+/// the fallback file lives in `state_dir`.
+fn syslog(src: &Source, raw: Option<RawSyslog>, state_dir: &Path) -> Result<SyslogConfig> {
     let (facility, socket) = match raw {
         Some(s) => (s.facility, s.socket),
         None => (None, None),
@@ -335,5 +344,9 @@ fn syslog(src: &Source, raw: Option<RawSyslog>) -> Result<SyslogConfig> {
         }
         None => PathBuf::from("/dev/log"),
     };
-    Ok(SyslogConfig { facility, socket })
+    Ok(SyslogConfig {
+        facility,
+        socket,
+        fallback_dir: state_dir.to_path_buf(),
+    })
 }

@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub rsync: Option<Spanned<String>>,
     pub binary: Option<Spanned<String>>,
     pub heartbeat: Option<Spanned<u64>>,
+    pub audit_required: Option<bool>,
     pub syslog: Option<RawSyslog>,
     #[serde(default)]
     pub mirror: BTreeMap<Spanned<String>, RawMirror>,

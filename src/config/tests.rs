@@ -191,6 +191,20 @@ fn top_level_values_are_kept() {
 }
 
 #[test]
+fn audit_required_defaults_to_true_and_the_fallback_file_is_in_state_dir() {
+    let cfg = ok("state_dir = \"/s\"\n");
+    assert!(cfg.audit_required);
+    assert_eq!(cfg.syslog.fallback_dir, Path::new("/s"));
+    assert!(!ok("state_dir = \"/s\"\naudit_required = false\n").audit_required);
+    assert!(ok("state_dir = \"/s\"\naudit_required = true\n").audit_required);
+    refused(
+        "state_dir = \"/s\"\naudit_required = \"no\"\n",
+        2,
+        "invalid type",
+    );
+}
+
+#[test]
 fn privilege_is_sudo_or_direct() {
     refused(
         "state_dir = \"/s\"\nprivilege = \"root\"\n",

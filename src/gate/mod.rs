@@ -4,7 +4,8 @@
 //! from the client. The client's command (`SSH_ORIGINAL_COMMAND`) is checked
 //! by the pure parser in [`crate::gate::request`] and the key's permissions in
 //! [`crate::gate::policy`]; a decision line is written to the audit log *before*
-//! anything runs. No client byte ever reaches an argv: accepted requests
+//! anything runs, and with `audit_required` a sync whose decision line could
+//! not be recorded (neither syslog nor the fallback file) does not run. No client byte ever reaches an argv: accepted requests
 //! only select among mirror names from the config.
 //!
 //! stdout carries only machine output (`status --json`); everything for
@@ -18,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::admin::status::{self, TextTo};
 use crate::audit::events::{Client, Decision, Verdict, Via};
-use crate::audit::Audit;
+use crate::audit::{Audit, Recorded};
 use crate::config::{Config, KeyConfig};
 use crate::error::{Error, Exit, Result};
 use crate::gate::policy::{Action, KeyPolicy};
@@ -150,9 +151,16 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
     };
     let action = policy::authorize(&parsed, &pol, client.map(|c| c.0))
         .map_err(|r| refuse(&mut audit, &asked, &r, &pol, None))?;
-    audit.record(&asked.decision(Verdict::Allow {
+    let recorded = audit.record(&asked.decision(Verdict::Allow {
         action: &parsed.canonical(),
     }));
+    if cfg.audit_required && recorded == Recorded::Nowhere && matches!(action, Action::Sync { .. })
+    {
+        return Err(Error::Internal(format!(
+            "refused: this sync could not be audited ({}), and audit_required is set; ask the mirror's administrator",
+            audit.trouble()
+        )));
+    }
 
     match action {
         Action::Help => {

@@ -10,6 +10,7 @@
 
 mod support;
 
+mod audit_trail;
 mod core;
 mod faults;
 mod fuzz_parser;

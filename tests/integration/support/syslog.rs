@@ -161,8 +161,9 @@ fn collect(socket: &UnixDatagram, lines: &Mutex<Vec<String>>, stop: &AtomicBool)
 
 /// Parses the `key=value` pairs of a syslog line's message: everything after
 /// the first `]: ` (`tag[pid]: `), or after the first `: ` if there is no pid.
-/// Values may be double-quoted with backslash escapes (`\"`, `\\`, `\n`,
-/// `\t`, `\r`; any other escaped character stands for itself). Words without
+/// Values may be double-quoted with backslash escapes (`\"`, `\\`, `\xNN`
+/// for one byte, `\n`, `\t`, `\r`; any other escaped character stands for
+/// itself). Words without
 /// `=` are ignored; a repeated key keeps its last value.
 pub fn fields(line: &str) -> BTreeMap<String, String> {
     let message = line
@@ -192,6 +193,7 @@ pub fn fields(line: &str) -> BTreeMap<String, String> {
                         Some('n') => '\n',
                         Some('t') => '\t',
                         Some('r') => '\r',
+                        Some('x') => hex_byte(&mut chars).unwrap_or('x'),
                         Some(other) => other,
                         None => '\\',
                     }),
@@ -205,4 +207,16 @@ pub fn fields(line: &str) -> BTreeMap<String, String> {
         }
         map.insert(key, value);
     }
+}
+
+/// The two hex digits after `\x`, as the byte they name; `None` (nothing
+/// consumed) if they are not two hex digits.
+fn hex_byte(chars: &mut std::iter::Peekable<std::str::Chars>) -> Option<char> {
+    let mut ahead = chars.clone();
+    let hex: String = ahead.by_ref().take(2).collect();
+    let byte = u8::from_str_radix(&hex, 16)
+        .ok()
+        .filter(|_| hex.len() == 2)?;
+    *chars = ahead;
+    Some(char::from(byte))
 }
