@@ -69,7 +69,7 @@ impl Exit {
                  stopped; or check found a problem."
             }
             Exit::Usage => "Usage error, or an SSH request that is not understood.",
-            Exit::Internal => "Internal error: state directory, lock file or I/O trouble.",
+            Exit::Internal => "Internal error: state directory, lock file or I/O trouble; or an SSH sync that could be audited nowhere (audit_required).",
             Exit::QueueTimeout => "Waited longer than the mirror's queue_timeout for its lock.",
             Exit::NotPermitted => "SSH request not permitted for this key.",
             Exit::Config => {
