@@ -30,10 +30,6 @@ pub use syslog::Facility;
 /// to the fallback file instead.
 pub const SEND_BUDGET: Duration = Duration::from_millis(200);
 
-pub fn parse_facility(s: &str) -> Option<Facility> {
-    Facility::parse(s)
-}
-
 /// Severity of an audit line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

@@ -23,6 +23,7 @@
 //! ([`Cidr`]).
 
 mod cidr;
+mod facility;
 mod key;
 mod mirror;
 mod names;
@@ -45,6 +46,7 @@ use paths::is_clean_absolute;
 use raw::{RawSyslog, Source};
 
 pub use cidr::{Cidr, CidrError};
+pub use facility::Facility;
 pub use names::{lookup_gid, lookup_uid, valid_name, MirrorName, SUBCOMMANDS};
 pub use paths::sudoers_safe;
 pub use perm::{parse_mode, InvalidPolicy, PermPolicy};
@@ -323,7 +325,7 @@ fn syslog(src: &Source, raw: Option<RawSyslog>, state_dir: &Path) -> Result<Sysl
     };
     let facility = match facility {
         Some(f) => {
-            if crate::audit::parse_facility(f.get_ref()).is_none() {
+            if Facility::parse(f.get_ref()).is_none() {
                 return src.err(
                     f.span(),
                     "syslog.facility",
