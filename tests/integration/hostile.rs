@@ -5,10 +5,15 @@
 //! (`Fixture`); the others run in the private namespace with real accounts.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use crate::fixture::{text, Fixture};
+use crate::support::mirror_host::{MirrorHost, READER};
+use crate::support::{self, e2e_test, ChildGuard};
 
 const PRIVATE: &str = ".syncgate-tmp";
 const PARTIAL: &str = ".~tmp~";
@@ -202,5 +207,37 @@ fn fix_perms_removes_whatever_poses_as_the_private_dir() {
         );
         assert!(fs::symlink_metadata(f.dest_path(PARTIAL)).is_err());
         assert_ordinary_mirror(&f);
+    }
+}
+
+e2e_test! {
+    /// A member of the reader group may open dest (it lists it) and so
+    /// could lock it; a sync must not wait for that lock.
+    fn a_reader_holding_a_lock_on_dest_does_not_block_a_sync() {
+        let mh = MirrorHost::new();
+        mh.put("iso", "a.iso", b"image a");
+        let dest = mh.dest("iso");
+        let mut cmd = mh.host.command_as(
+            READER,
+            &["flock", dest.to_str().unwrap(), "sh", "-c", "echo locked; exec sleep 300"],
+        );
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        let mut holder = ChildGuard::spawn(&mut cmd, "flock dest");
+        let mut line = String::new();
+        BufReader::new(holder.child_mut().stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked", "the reader could not lock dest");
+
+        let started = Instant::now();
+        let out = mh.ssh(Some("sync")).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+        assert_eq!(fs::read(dest.join("a.iso")).unwrap(), b"image a");
+        assert!(holder.is_running(), "the reader's lock went away");
+        // And the owner's own lock still cannot be taken by the reader.
+        let out = mh.host.run_as(READER, &["sh", "-c", &format!("ls -a {}/{PRIVATE} || true", dest.display())]);
+        assert!(out.stdout.is_empty(), "{}", support::show(&out));
+        holder.kill();
     }
 }
