@@ -130,7 +130,7 @@ fn shadow_field(user: &str) -> Option<String> {
 }
 
 fn check_config_file(cfg: &Config, r: &mut Report) {
-    match crate::owner::untrusted_path(&cfg.path) {
+    match crate::owner::untrusted_path(&cfg.path, "the config file") {
         None => r.ok(format!(
             "{} and every directory above it are owned by root and not writable by others",
             cfg.path.display()
@@ -341,7 +341,9 @@ fn check_programs(cfg: &Config, r: &mut Report) {
         match std::fs::metadata(p) {
             Ok(md) if md.is_file() && md.mode() & 0o111 != 0 => {
                 let untrusted = match cfg.privilege {
-                    Privilege::Sudo => crate::owner::untrusted_path(p),
+                    Privilege::Sudo => {
+                        crate::owner::untrusted_path(p, &format!("the {what} program"))
+                    }
                     Privilege::Direct => None,
                 };
                 match untrusted {

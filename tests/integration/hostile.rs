@@ -8,11 +8,12 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::fixture::{text, Fixture};
-use crate::support::mirror_host::{MirrorHost, READER};
+use crate::support::host::set_mode;
+use crate::support::mirror_host::{MirrorHost, OWNER, READER};
 use crate::support::{self, e2e_test, ChildGuard};
 
 const PRIVATE: &str = ".syncgate-tmp";
@@ -239,5 +240,46 @@ e2e_test! {
         let out = mh.host.run_as(READER, &["sh", "-c", &format!("ls -a {}/{PRIVATE} || true", dest.display())]);
         assert!(out.stdout.is_empty(), "{}", support::show(&out));
         holder.kill();
+    }
+}
+
+e2e_test! {
+    /// An rsync in a directory the login account owns could be replaced by
+    /// it and would then run as the image owner: the owner side refuses it
+    /// (exit 78 through sudo, a failed sync through ssh), and nothing is
+    /// transferred.
+    fn owner_side_refuses_an_rsync_the_login_account_could_replace() {
+        let mh = MirrorHost::new();
+        mh.put("iso", "a.iso", b"image a");
+        let bin = mh.path("opt/sg/bin");
+        fs::create_dir_all(&bin).unwrap();
+        set_mode(&mh.path("opt"), 0o755);
+        set_mode(&mh.path("opt/sg"), 0o755);
+        let rsync = bin.join("rsync");
+        fs::copy("/usr/bin/rsync", &rsync).unwrap();
+        set_mode(&rsync, 0o755);
+        nix::unistd::chown(&bin, Some(mh.login.uid.into()), Some(mh.login.gid.into())).unwrap();
+        set_mode(&bin, 0o755);
+        fs::write(&mh.config, format!("rsync = \"{}\"\n{}", rsync.display(), mh.config_text())).unwrap();
+        set_mode(&mh.config, 0o644);
+
+        let out = Command::new("/usr/bin/sudo")
+            .args(["-n", "-u", OWNER, mh.bin.to_str().unwrap(), "--config"])
+            .arg(&mh.config)
+            .args(["transfer", "iso"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{}", support::show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&bin.display().to_string()) && err.contains("rsync"), "{err}");
+        assert!(err.contains("must be owned by root"), "{err}");
+        assert!(!err.contains("config file"), "{err}");
+
+        let out = mh.ssh(Some("sync")).output().unwrap();
+        assert_ne!(out.status.code(), Some(0), "{}", support::show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("must be owned by root"), "{err}");
+        assert!(!mh.dest("iso").join("a.iso").exists(), "something was transferred");
     }
 }
