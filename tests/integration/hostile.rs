@@ -211,6 +211,19 @@ fn fix_perms_removes_whatever_poses_as_the_private_dir() {
     }
 }
 
+#[test]
+fn a_sync_that_deletes_does_not_show_the_counting_pass_max_delete_line() {
+    let f = Fixture::new("");
+    ordinary_upstream(&f);
+    sync_ok(&f);
+    fs::remove_file(f.upstream.join("z.iso")).unwrap();
+    let err = sync_ok(&f);
+    assert!(!f.dest_path("z.iso").exists(), "{err}");
+    assert!(!err.contains("max-delete"), "{err}");
+    // Other stderr lines of the stages still come through.
+    assert!(err.contains("stage 2"), "{err}");
+}
+
 e2e_test! {
     /// A member of the reader group may open dest (it lists it) and so
     /// could lock it; a sync must not wait for that lock.

@@ -103,6 +103,29 @@ pub fn rsync_fresh(cfg: &Config, m: &Mirror) -> Vec<String> {
     v
 }
 
+/// What rsync prints when `--max-delete` held deletions back: a notice
+/// with the count, and its exit summary. Stage 1 asks for that on purpose
+/// (`--max-delete=0`, to count the deletions stage 2 would do), so there
+/// both are expected and not shown to the caller; the count is read from
+/// the notice all the same ([`crate::owner::rsync::Stats`]).
+const COUNTING_NOISE: [&str; 2] = [
+    "Deletions stopped due to --max-delete limit (",
+    "rsync error: the --max-delete limit stopped deletions (code 25)",
+];
+
+/// Whether `argv` is the counting pass ([`rsync_stage1`]): it deletes
+/// nothing on purpose. (Stage 2 may have `--max-delete=0` too, from the
+/// config; its deletions are real, and so is what it says about them.)
+pub fn counts_deletions(argv: &[String]) -> bool {
+    argv.iter().any(|a| a == "--max-delete=0") && !argv.iter().any(|a| a == "--delay-updates")
+}
+
+/// Whether `line` (of the counting pass's stderr) is one it prints
+/// because it deleted nothing on purpose.
+pub fn is_counting_noise(line: &str) -> bool {
+    COUNTING_NOISE.iter().any(|p| line.starts_with(p))
+}
+
 /// Stage 1: everything except the "last" patterns, deleting nothing.
 /// `--delete --max-delete=0` makes rsync count (and not perform) the
 /// deletions stage 2 would do, so the max_delete guard fires before any
@@ -184,5 +207,29 @@ mod tests {
                 "{argv:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_stage_1_is_the_counting_pass() {
+        let cfg = config();
+        let m = cfg.mirror("m").unwrap();
+        assert!(counts_deletions(&rsync_stage1(&cfg, m)));
+        // max_delete = 0 from the config: stage 2's limit is real.
+        for argv in [
+            rsync_stage2(&cfg, m),
+            rsync_plan(&cfg, m),
+            rsync_fresh(&cfg, m),
+        ] {
+            assert!(!counts_deletions(&argv), "{argv:?}");
+        }
+        assert!(is_counting_noise(
+            "rsync error: the --max-delete limit stopped deletions (code 25) at main.c(1394) [sender=3.5.0]"
+        ));
+        assert!(is_counting_noise(
+            "Deletions stopped due to --max-delete limit (1 skipped)"
+        ));
+        assert!(!is_counting_noise(
+            "rsync error: some files/attrs were not transferred (see previous errors) (code 23)"
+        ));
     }
 }
