@@ -186,6 +186,20 @@ fn upstream_entries_named_like_rsyncs_holding_dir_are_never_published() {
     assert_eq!(fs::read(f.dest_path("pool/p.deb")).unwrap(), b"package 2");
     assert_no_partial_dir_name(&f.dest);
     assert_private_dir_stayed_private(&f, &log);
+
+    // A dest where an older syncgate published such a file and a symlink:
+    // the next sync that updates files beside them works and removes them.
+    fs::write(f.dest_path(PARTIAL), b"old").unwrap();
+    symlink("..", f.dest_path(&format!("pool/{PARTIAL}"))).unwrap();
+    f.put("a.iso", b"image a 2");
+    f.put("pool/p.deb", b"package three");
+    sync_ok(&f);
+    assert_eq!(fs::read(f.dest_path("a.iso")).unwrap(), b"image a 2");
+    assert_eq!(
+        fs::read(f.dest_path("pool/p.deb")).unwrap(),
+        b"package three"
+    );
+    assert_no_partial_dir_name(&f.dest);
 }
 
 #[test]
