@@ -1,12 +1,14 @@
 //! The owner side: the commands `transfer` and `fix-perms`. They run as the
 //! image owner (through sudo in production), take only a mirror name, and
-//! read everything else from the config, which must then be root-owned
-//! (`trust.rs`).
+//! read everything else from the config, which must then be root-owned, as
+//! must the programs they run (`trust.rs`).
 //!
-//! Both hold an exclusive lock on the dest directory itself (`DestLock`,
-//! `dest.rs`, which also names syncgate's own directories inside dest).
-//! `transfer` passes that lock on to rsync, so it stays held until the last
-//! rsync process is gone: a new transfer never overlaps a dying one.
+//! Both hold an exclusive lock on a file in syncgate's private directory in
+//! dest, which only the owner can open (`DestLock`, `dest.rs`, which also
+//! names syncgate's own entries inside dest; no rsync takes them from
+//! upstream). `transfer` passes that lock on to rsync, so it stays held
+//! until the last rsync process is gone: a new transfer never overlaps a
+//! dying one.
 //!
 //! Each prints exactly one JSON line on stdout (its report, `report.rs`) and
 //! human progress on stderr; the gate reads both through pipes.

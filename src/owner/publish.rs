@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::time::TimeSpec;
 
-use crate::owner::dest::TEMP_DIR;
+use crate::owner::dest::{RSYNC_PARTIAL_DIR, TEMP_DIR};
 use crate::owner::fixperms::MAX_DEPTH;
 
 /// Whether a first sync with these last patterns can be published by
@@ -211,6 +211,7 @@ pub fn publish(
     dest: &Path,
     last: &[String],
 ) -> Result<Published, String> {
+    refuse_private_names(staging)?;
     let held = last_entries(staging, last)?;
     let parents = parent_mtimes(staging, &held);
     std::fs::DirBuilder::new()
@@ -243,6 +244,28 @@ pub fn publish(
         std::fs::remove_dir(d).map_err(|e| format!("cannot remove {}: {e}", d.display()))?;
     }
     Ok(done)
+}
+
+/// Refuses a staging copy that holds, at its top, an entry named like
+/// syncgate's private dir or rsync's holding dir: published, it would take
+/// the private dir's place in dest (or fail on it). rsync never brings one
+/// (every rsync excludes them) and fix-perms removes a holding dir's name
+/// at any depth; this is the last line, checked before anything moves.
+fn refuse_private_names(staging: &Path) -> Result<(), String> {
+    for e in
+        std::fs::read_dir(staging).map_err(|e| format!("cannot read {}: {e}", staging.display()))?
+    {
+        let name = e
+            .map_err(|e| format!("cannot read {}: {e}", staging.display()))?
+            .file_name();
+        if name == TEMP_DIR || name == RSYNC_PARTIAL_DIR {
+            return Err(format!(
+                "{}: {name:?} is a name syncgate keeps for itself in dest; refusing to publish it",
+                staging.join(&name).display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The mtimes rsync gave the directories below `staging` that hold
@@ -398,6 +421,24 @@ mod tests {
         for d in ["images", "images/sub"] {
             let md = fs::symlink_metadata(dest.join(d)).unwrap();
             assert_eq!((md.mtime(), md.mtime_nsec()), (1_000_000_000, 123), "{d}");
+        }
+    }
+
+    #[test]
+    fn an_entry_named_like_a_private_dir_is_refused_before_anything_moves() {
+        for name in [TEMP_DIR, RSYNC_PARTIAL_DIR] {
+            let t = tempfile::tempdir().unwrap();
+            let (staging, hold, dest) =
+                (t.path().join("s"), t.path().join("h"), t.path().join("d"));
+            fs::create_dir_all(&staging).unwrap();
+            fs::create_dir(&dest).unwrap();
+            fs::write(staging.join(".a"), b"a").unwrap();
+            fs::write(staging.join("SHA256SUMS"), b"s").unwrap();
+            std::os::unix::fs::symlink(".", staging.join(name)).unwrap();
+            let err = publish(&staging, &hold, &dest, &pats(&["SHA256SUMS"])).unwrap_err();
+            assert!(err.contains("refusing to publish"), "{err}");
+            assert_eq!(fs::read_dir(&dest).unwrap().count(), 0, "{name}");
+            assert!(!hold.exists());
         }
     }
 

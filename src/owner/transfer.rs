@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Mirror};
 use crate::error::{IoContext, Result};
-use crate::owner::dest::{self, DestLock, FRESH_DIR, TEMP_DIR};
+use crate::owner::dest::{self, DestLock, FRESH_DIR};
 use crate::owner::publish;
 use crate::owner::report::TransferReport;
 use crate::owner::rsync::{run_rsync, RsyncEnd};
@@ -59,11 +59,9 @@ impl<'a> Transfer<'a> {
         }
         // The temp dir (mode 0700) is not part of the published tree: readers
         // must be able to list every directory. rsync empties it on every exit
-        // it controls; what an aborted run leaves is removed at the next run.
-        let before = self.lock.mtime();
-        if std::fs::remove_dir(m.dest.join(TEMP_DIR)).is_ok() {
-            self.lock.set_mtime(before);
-        }
+        // it controls; the dest lock removes it with the lock file when it
+        // lets go (src/owner/dest.rs); what an aborted run leaves is removed
+        // at the next run.
         result
     }
 

@@ -1,21 +1,23 @@
-//! Whether the owner side may trust its config: it runs as the image owner
-//! with only a mirror name from the caller, so in production the config
-//! (and every directory above it) must be root's.
+//! Whether the owner side may trust its config and the programs it runs:
+//! it runs as the image owner with only a mirror name from the caller, so
+//! in production the config and every program it starts (rsync, and ssh
+//! for `ssh://` upstreams), and every directory above them, must be root's.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::config::{Config, Mirror, Privilege};
+use crate::config::{Config, Mirror, Privilege, Upstream};
 use crate::error::{Error, Result};
 
 /// Why someone other than root could change what `path` holds, if anyone
-/// could. The file and every directory above it, both along the path as
+/// could. `what` names it in the answer ("the config file", "the rsync
+/// program"). The file and every directory above it, both along the path as
 /// given and along the path its symlinks resolve to, must be owned by root
 /// and not writable by group or others; a write-protected parent is not
 /// enough when a directory further up can be renamed away. A root-owned
 /// sticky directory (`/tmp`) is fine above the file: nobody else may rename
 /// or remove root's entries in it. Returns the offending path and why.
-pub fn untrusted_path(path: &Path) -> Option<(std::path::PathBuf, String)> {
+pub fn untrusted_path(path: &Path, what: &str) -> Option<(std::path::PathBuf, String)> {
     let real = match std::fs::canonicalize(path) {
         Ok(p) => p,
         Err(e) => return Some((path.to_path_buf(), format!("cannot resolve it: {e}"))),
@@ -44,21 +46,22 @@ pub fn untrusted_path(path: &Path) -> Option<(std::path::PathBuf, String)> {
                 None
             };
             if let Some(why) = bad {
-                let what = if i == 0 && given {
-                    "the config file".to_string()
+                let whose = if i == 0 && given {
+                    what.to_string()
                 } else if i == 0 {
-                    format!("the config file {} resolves to", path.display())
+                    format!("the file {what} {} resolves to", path.display())
                 } else {
-                    format!("a directory above the config file {}", path.display())
+                    format!("a directory above {what} {}", path.display())
                 };
-                return Some((p.to_path_buf(), format!("{what}: {why}")));
+                return Some((p.to_path_buf(), format!("{whose}: {why}")));
             }
         }
     }
     None
 }
 
-/// Refuses to act on a config the caller could have written.
+/// Refuses to act on a config the caller could have written, or to run a
+/// program (rsync, ssh) someone other than root could have replaced.
 pub fn check_trust(cfg: &Config, mirror: &Mirror) -> Result<()> {
     if cfg.privilege != Privilege::Sudo {
         return Ok(());
@@ -70,12 +73,31 @@ pub fn check_trust(cfg: &Config, mirror: &Mirror) -> Result<()> {
             mirror.name, mirror.owner, mirror.owner_uid
         )));
     }
-    if let Some((p, why)) = untrusted_path(&cfg.path) {
+    if let Some((p, why)) = untrusted_path(&cfg.path, "the config file") {
         return Err(Error::Config(format!(
             "{} must be owned by root and not writable by group or others, and so must every directory above it ({why}); refusing to run as {}",
             p.display(),
             mirror.owner
         )));
     }
+    for (prog, what) in programs(cfg, mirror) {
+        if let Some((p, why)) = untrusted_path(prog, &format!("the {what} program")) {
+            return Err(Error::Config(format!(
+                "{} must be owned by root and not writable by group or others, and so must every directory above it ({why}): whoever can replace it runs code as {}; refusing to run {what} as {}",
+                p.display(),
+                mirror.owner,
+                mirror.owner
+            )));
+        }
+    }
     Ok(())
+}
+
+/// The programs the owner side starts for `mirror`, each with its name.
+fn programs<'a>(cfg: &'a Config, mirror: &Mirror) -> Vec<(&'a Path, &'static str)> {
+    let mut v = vec![(cfg.rsync.as_path(), "rsync")];
+    if matches!(mirror.upstream, Upstream::Ssh(_)) {
+        v.push((Path::new(crate::owner::rsync::argv::SSH), "ssh"));
+    }
+    v
 }

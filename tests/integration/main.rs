@@ -16,6 +16,7 @@ mod faults;
 mod fuzz_parser;
 mod gate;
 mod harness;
+mod hostile;
 mod load;
 mod privilege;
 mod ship;

@@ -53,7 +53,7 @@ fn shadow_field(user: &str) -> Option<String> {
 }
 
 pub(super) fn check_config_file(cfg: &Config, r: &mut Report) {
-    match crate::owner::untrusted_path(&cfg.path) {
+    match crate::owner::untrusted_path(&cfg.path, "the config file") {
         None => r.ok(format!(
             "{} and every directory above it are owned by root and not writable by others",
             cfg.path.display()

@@ -29,7 +29,9 @@ pub(super) fn check_programs(cfg: &Config, r: &mut Report) {
         match std::fs::metadata(p) {
             Ok(md) if md.is_file() && md.mode() & 0o111 != 0 => {
                 let untrusted = match cfg.privilege {
-                    Privilege::Sudo => crate::owner::untrusted_path(p),
+                    Privilege::Sudo => {
+                        crate::owner::untrusted_path(p, &format!("the {what} program"))
+                    }
                     Privilege::Direct => None,
                 };
                 match untrusted {

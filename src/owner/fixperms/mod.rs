@@ -11,10 +11,12 @@
 //!   symlink's mode is never changed);
 //! * symlinks that may leave the tree, device nodes, fifos and sockets are
 //!   removed;
-//! * directories named `.~tmp~` (rsync `--delay-updates` leftovers) are
-//!   removed recursively at any depth;
-//! * the top-level entry `.syncgate-tmp` (rsync `--temp-dir`, managed by
-//!   `transfer`) is skipped entirely.
+//! * entries named `.~tmp~` (rsync `--delay-updates` leftovers) are
+//!   removed at any depth, recursively for a directory, whatever their type;
+//! * the top-level entry `.syncgate-tmp` (rsync `--temp-dir` and the dest
+//!   lock, managed by `transfer`) is skipped entirely when it is a real
+//!   directory of the owner (or of this process); anything else of that
+//!   name (a symlink, a file) is removed.
 //!
 //! Both names are defined in `src/owner/dest.rs`. The walk is in
 //! `walk.rs`, its system calls in `at.rs`, the symlink rule in `links.rs`.

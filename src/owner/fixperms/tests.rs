@@ -425,7 +425,7 @@ fn rsync_leftovers_removed_and_syncgate_tmp_skipped() {
     mkdir(&root.join("d1/d2"), 0o750);
     let t2 = root.join("d1/d2").join(RSYNC_PARTIAL_DIR);
     mkdir(&t2, 0o500);
-    // a file named like the partial dir is an ordinary file
+    // a file named like the partial dir is removed too: nobody's file
     mkfile(&root.join("d1").join(RSYNC_PARTIAL_DIR), 0o640);
 
     // top-level .syncgate-tmp: left alone entirely
@@ -452,15 +452,50 @@ fn rsync_leftovers_removed_and_syncgate_tmp_skipped() {
     assert_eq!(snapshot(&st), st_before);
     assert_eq!(snapshot(&outside), outside_before);
     assert_eq!(mode_of(&nested), 0o750);
-    assert_eq!(mode_of(&root.join("d1").join(RSYNC_PARTIAL_DIR)), 0o640);
-    // t0: .~tmp~, a, part.iso, out, locked = 5; t2 = 1; via-tmp = 1
-    assert_eq!(rep.removed, 7, "{:#?}", rep.notes);
+    assert!(fs::symlink_metadata(root.join("d1").join(RSYNC_PARTIAL_DIR)).is_err());
+    // t0: .~tmp~, a, part.iso, out, locked = 5; t2 = 1; via-tmp = 1;
+    // d1/.~tmp~ (file) = 1
+    assert_eq!(rep.removed, 8, "{:#?}", rep.notes);
     assert!(rep
         .notes
         .iter()
         .any(|n| n.contains("removed rsync leftover directory (5 entries)")));
-    // root, d1, d2, d1/.~tmp~ (file), d1/.syncgate-tmp
-    assert_eq!(rep.entries, 5);
+    // root, d1, d2, d1/.syncgate-tmp
+    assert_eq!(rep.entries, 4);
+}
+
+#[test]
+fn whatever_poses_as_the_private_dir_at_the_top_is_removed() {
+    for plant in ["symlink", "file", "fifo"] {
+        let (tmp, root) = setup();
+        let outside = tmp.path().join("keep");
+        mkdir(&outside, 0o755);
+        mkfile(&outside.join("precious"), 0o644);
+        let st = root.join(TEMP_DIR);
+        match plant {
+            "symlink" => symlink(&outside, &st).unwrap(),
+            "file" => mkfile(&st, 0o600),
+            _ => unistd::mkfifo(&st, Mode::from_bits_truncate(0o600)).unwrap(),
+        }
+        mkfile(&root.join(RSYNC_PARTIAL_DIR), 0o640);
+        settle(tmp.path());
+        let outside_before = snapshot(&outside);
+        let rep = fix_tree(&root, &policy()).unwrap();
+        assert!(
+            fs::symlink_metadata(&st).is_err(),
+            "{plant}: {:#?}",
+            rep.notes
+        );
+        assert!(fs::symlink_metadata(root.join(RSYNC_PARTIAL_DIR)).is_err());
+        assert_eq!(snapshot(&outside), outside_before, "{plant}");
+        assert!(
+            rep.notes
+                .iter()
+                .any(|n| n.contains("syncgate's private directory")),
+            "{plant}: {:#?}",
+            rep.notes
+        );
+    }
 }
 
 #[test]

@@ -154,11 +154,58 @@ impl<'p> Walker<'p> {
             Err(e) => return self.problem(io(dir_path, "readdir", e)),
         };
         for name in names {
+            let path = dir_path.join(&name);
             if comps.is_empty() && name == TEMP_DIR {
+                self.visit_private(dir.as_fd(), &name, &path);
                 continue;
             }
-            let path = dir_path.join(&name);
             self.visit(dir.as_fd(), &name, &path, comps);
+        }
+    }
+
+    /// The top-level `.syncgate-tmp`: skipped when it is syncgate's own
+    /// real directory (this process's or the owner's), removed otherwise
+    /// (a symlink, a file, anything else that took its name).
+    fn visit_private(&mut self, parent: BorrowedFd<'_>, name: &OsStr, path: &Path) {
+        let st = match stat::fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(s) => s,
+            Err(Errno::ENOENT) => return,
+            Err(e) => return self.problem(io(path, "fstatat", e)),
+        };
+        let kind = Kind::of(&st);
+        if kind == Kind::Dir && (st.st_uid == self.euid || st.st_uid == self.policy.uid) {
+            return;
+        }
+        self.remove_impostor(
+            parent,
+            name,
+            path,
+            &st,
+            kind,
+            "syncgate's private directory",
+        );
+    }
+
+    /// Removes the entry `name`, which has a name syncgate or rsync keeps
+    /// for itself (`whose`) but is not theirs.
+    fn remove_impostor(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+        st: &FileStat,
+        kind: Kind,
+        whose: &str,
+    ) {
+        if kind == Kind::Dir {
+            return self.remove_partial(parent, name, path, st, 1);
+        }
+        match unistd::unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => {
+                self.removed += 1;
+                self.note(format!("{path:?}: removed, it has the name of {whose}"));
+            }
+            Err(e) => self.problem(io(path, "unlink", e)),
         }
     }
 
@@ -185,6 +232,9 @@ impl<'p> Walker<'p> {
         match Kind::of(&st) {
             Kind::Dir if name == RSYNC_PARTIAL_DIR => {
                 self.remove_partial(parent, name, path, &st, comps.len() + 1)
+            }
+            kind if name == RSYNC_PARTIAL_DIR => {
+                self.remove_impostor(parent, name, path, &st, kind, "rsync's holding directory")
             }
             Kind::Dir => {
                 self.entries += 1;

@@ -3,7 +3,7 @@
 //! here.
 
 use crate::config::{Config, Mirror, Upstream};
-use crate::owner::dest::{FRESH_DIR, TEMP_DIR};
+use crate::owner::dest::{FRESH_DIR, RSYNC_PARTIAL_DIR, TEMP_DIR};
 
 /// The ssh client rsync runs for `ssh://` upstreams.
 pub const SSH: &str = "/usr/bin/ssh";
@@ -30,7 +30,7 @@ fn with_temp_dir(cfg: &Config, m: &Mirror, temp_dir: bool) -> Vec<String> {
         // first sync of 50,000 files took 1.85x as long).
         v.push(format!("--temp-dir={TEMP_DIR}"));
     }
-    v.push(format!("--exclude=/{TEMP_DIR}/"));
+    private_names(&mut v);
     match &m.upstream {
         Upstream::Daemon(_) => {
             v.push(format!("--contimeout={}", m.io_timeout.min(300)));
@@ -50,6 +50,20 @@ fn with_temp_dir(cfg: &Config, m: &Mirror, temp_dir: bool) -> Vec<String> {
         v.push(format!("--exclude={e}"));
     }
     v
+}
+
+/// syncgate's and rsync's own names inside dest are never taken from
+/// upstream nor deleted in dest, whatever their type: no trailing `/`, so a
+/// file or a symlink of that name is excluded too (an upstream
+/// `.syncgate-tmp` symlink would otherwise replace the private dir, and
+/// a file would make every first sync fail). The private dir is at the top
+/// of dest only; rsync's holding dir may be anywhere (`-p`: perishable, as
+/// rsync's own rule for it, so it never keeps a deleted directory alive).
+/// These come before the admin's patterns: first match wins.
+fn private_names(v: &mut Vec<String>) {
+    v.push(format!("--filter=P /{TEMP_DIR}"));
+    v.push(format!("--exclude=/{TEMP_DIR}"));
+    v.push(format!("--filter=-p {RSYNC_PARTIAL_DIR}"));
 }
 
 fn endpoints(v: &mut Vec<String>, m: &Mirror) {
@@ -87,6 +101,29 @@ pub fn rsync_fresh(cfg: &Config, m: &Mirror) -> Vec<String> {
         m.dest.join(TEMP_DIR).join(FRESH_DIR).display()
     ));
     v
+}
+
+/// What rsync prints when `--max-delete` held deletions back: a notice
+/// with the count, and its exit summary. Stage 1 asks for that on purpose
+/// (`--max-delete=0`, to count the deletions stage 2 would do), so there
+/// both are expected and not shown to the caller; the count is read from
+/// the notice all the same ([`crate::owner::rsync::Stats`]).
+const COUNTING_NOISE: [&str; 2] = [
+    "Deletions stopped due to --max-delete limit (",
+    "rsync error: the --max-delete limit stopped deletions (code 25)",
+];
+
+/// Whether `argv` is the counting pass ([`rsync_stage1`]): it deletes
+/// nothing on purpose. (Stage 2 may have `--max-delete=0` too, from the
+/// config; its deletions are real, and so is what it says about them.)
+pub fn counts_deletions(argv: &[String]) -> bool {
+    argv.iter().any(|a| a == "--max-delete=0") && !argv.iter().any(|a| a == "--delay-updates")
+}
+
+/// Whether `line` (of the counting pass's stderr) is one it prints
+/// because it deleted nothing on purpose.
+pub fn is_counting_noise(line: &str) -> bool {
+    COUNTING_NOISE.iter().any(|p| line.starts_with(p))
 }
 
 /// Stage 1: everything except the "last" patterns, deleting nothing.
@@ -134,4 +171,65 @@ pub fn rsync_probe(cfg: &Config, m: &Mirror) -> Vec<String> {
     v.push("--exclude=*".into());
     endpoints(&mut v, m);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        let text = "state_dir = \"/var/lib/syncgate\"\nprivilege = \"direct\"\n\n[mirror.m]\nupstream = \"rsync://example.org/m/\"\ndest = \"/srv/m\"\nowner = \"root\"\nreader_group = \"root\"\nexclude = [\"*.tmp\"]\nmax_delete = 0\n";
+        Config::parse(Path::new("/etc/syncgate/syncgate.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn every_rsync_excludes_and_protects_the_private_names_first() {
+        let cfg = config();
+        let m = cfg.mirror("m").unwrap();
+        for argv in [
+            rsync_plan(&cfg, m),
+            rsync_fresh(&cfg, m),
+            rsync_stage1(&cfg, m),
+            rsync_stage2(&cfg, m),
+            rsync_probe(&cfg, m),
+        ] {
+            let at = |a: &str| argv.iter().position(|x| x == a);
+            let (p, x, t) = (
+                at("--filter=P /.syncgate-tmp").expect("protect"),
+                at("--exclude=/.syncgate-tmp").expect("exclude"),
+                at("--filter=-p .~tmp~").expect("holding dir"),
+            );
+            let admin = at("--exclude=*.tmp").unwrap();
+            assert!(p < admin && x < admin && t < admin, "{argv:?}");
+            assert!(
+                !argv.iter().any(|a| a.ends_with(".syncgate-tmp/")),
+                "{argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_stage_1_is_the_counting_pass() {
+        let cfg = config();
+        let m = cfg.mirror("m").unwrap();
+        assert!(counts_deletions(&rsync_stage1(&cfg, m)));
+        // max_delete = 0 from the config: stage 2's limit is real.
+        for argv in [
+            rsync_stage2(&cfg, m),
+            rsync_plan(&cfg, m),
+            rsync_fresh(&cfg, m),
+        ] {
+            assert!(!counts_deletions(&argv), "{argv:?}");
+        }
+        assert!(is_counting_noise(
+            "rsync error: the --max-delete limit stopped deletions (code 25) at main.c(1394) [sender=3.5.0]"
+        ));
+        assert!(is_counting_noise(
+            "Deletions stopped due to --max-delete limit (1 skipped)"
+        ));
+        assert!(!is_counting_noise(
+            "rsync error: some files/attrs were not transferred (see previous errors) (code 23)"
+        ));
+    }
 }

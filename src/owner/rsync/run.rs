@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result};
 use crate::owner::dest::DestLock;
-use crate::owner::rsync::{describe, Stats};
+use crate::owner::rsync::{argv, describe, Stats};
 use crate::sys::child::{self, Stream, Watcher};
 
 /// Time rsync gets between SIGTERM and SIGKILL.
@@ -16,13 +16,19 @@ struct RsyncWatch<'a> {
     pub stats: Stats,
     pub errors: Vec<String>,
     cut: &'a AtomicBool,
+    /// This rsync is the counting pass ([`argv::counts_deletions`]): the
+    /// lines it prints about the deletions it held back on purpose are
+    /// not relayed (they still count, in `stats`).
+    counting: bool,
 }
 
 impl Watcher for RsyncWatch<'_> {
     fn line(&mut self, stream: Stream, line: &str) {
         self.stats.feed(line);
         if stream == Stream::Stderr && !line.trim().is_empty() {
-            crate::sys::progress::say(line);
+            if !(self.counting && argv::is_counting_noise(line)) {
+                crate::sys::progress::say(line);
+            }
             if self.errors.len() < 20 {
                 self.errors.push(line.to_string());
             }
@@ -105,6 +111,7 @@ pub fn run_rsync(
         stats: Stats::default(),
         errors: Vec::new(),
         cut,
+        counting: argv::counts_deletions(argv),
     };
     let fin = child
         .wait(None, RSYNC_GRACE, &mut w)
