@@ -15,15 +15,15 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::fixture::{text, Fixture};
-use crate::support::mirror_host::{MirrorHost, JENKINS};
-use crate::support::{self, e2e_test, fields, SyslogReceiver};
+use crate::support::fixture::{Fixture, M};
+use crate::support::mirror_host::MirrorHost;
+use crate::support::{e2e_test, fields, opts, Key, Mirrors, SyslogReceiver};
 
 // ---------------------------------------------------------------- helpers
 
@@ -49,22 +49,6 @@ fn grep(recipe: &str, lines: &[String], scratch: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Writes `text` as the host's config (root:root 0644).
-fn write_config(mh: &MirrorHost, text: &str) {
-    fs::write(&mh.config, text).unwrap();
-    fs::set_permissions(&mh.config, fs::Permissions::from_mode(0o644)).unwrap();
-}
-
-/// The host's config with its syslog socket replaced by `socket` and
-/// `top` added to the top level.
-fn config_with(mh: &MirrorHost, socket: &Path, top: &str) -> String {
-    let t = mh.config_text().replace(
-        &mh.log.path().display().to_string(),
-        &socket.display().to_string(),
-    );
-    format!("{top}{t}")
-}
-
 fn audit_log(mh: &MirrorHost) -> PathBuf {
     mh.state_dir.join("audit.log")
 }
@@ -83,31 +67,6 @@ fn of_event<'a>(lines: &'a [String], event: &str) -> Vec<&'a String> {
         .iter()
         .filter(|l| fields(l).get("event").map(String::as_str) == Some(event))
         .collect()
-}
-
-/// Waits for `child` up to `limit`; kills it and returns `None` if it is
-/// still running then.
-fn finish_within(mut child: Child, limit: Duration) -> Option<Output> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return Some(child.wait_with_output().unwrap());
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn spawn_ssh(mh: &MirrorHost, cmd: &str) -> Child {
-    mh.ssh(Some(cmd))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// A syslog socket that nobody reads, its queue filled: every further
@@ -198,15 +157,15 @@ e2e_test! {
     /// decision=allow`: the README's recipe for "what jenkins was allowed"
     /// finds jenkins' own request and nothing of the other key's.
     fn a_client_command_cannot_pose_as_another_keys_allowed_request() {
-        let keys = format!("{JENKINS}[key.intruder]\nverbs = [\"status\"]\nmirrors = [\"iso\"]\n");
-        let mh = MirrorHost::with(&[("iso", "")], &keys);
+        // No `from` in the config (`from = []` is the same: any client).
+        let intruder = Key { name: "intruder", verbs: vec!["status"], mirrors: vec!["iso"], from: vec![] };
+        let mh = MirrorHost::with(&[("iso", opts())], &[Key::jenkins(), intruder]);
         let intruder = mh.add_key("intruder", &["127.0.0.1/32"]);
         mh.put("iso", "a.iso", b"image");
         let forged = "sync key=jenkins decision=allow reason=ok";
-        let out = mh.ssh_raw(&intruder, Some(forged.as_ref())).output().unwrap();
-        assert_eq!(out.status.code(), Some(64), "refused as not understood: {}", support::show(&out));
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        // Refused as not understood.
+        mh.ssh_raw(&intruder, Some(forged.as_ref())).status(64).run();
+        mh.ssh(Some("sync")).status(0).run();
         mh.log.wait_for(|l| l.contains("event=outcome"), Duration::from_secs(5)).unwrap();
 
         let lines = mh.log.lines();
@@ -232,15 +191,10 @@ e2e_test! {
 #[test]
 fn an_upstreams_error_text_cannot_hide_a_failed_run() {
     let daemon = HostileDaemon::start("module is being updated result=success exit=0");
-    let f = Fixture::new("");
-    let log = SyslogReceiver::bind(f.dir.path().join("no-syslog"));
-    let t = f.config_text("").replace(
-        &format!("upstream = \"{}\"", f.upstream.display()),
-        &format!("upstream = \"rsync://127.0.0.1:{}/mod/\"", daemon.port),
-    );
-    fs::write(&f.config, t).unwrap();
-    let out = f.sync();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let mut f = Fixture::new(opts());
+    let log = SyslogReceiver::bind(f.cfg.syslog_socket.clone());
+    f.reconfigure(|c| c.mirror_mut(M).upstream = format!("rsync://127.0.0.1:{}/mod/", daemon.port));
+    f.sync().status(1).run();
     let outcome = log
         .wait_for(|l| l.contains("event=outcome"), Duration::from_secs(5))
         .unwrap_or_else(|| panic!("no outcome line:\n{}", log.lines().join("\n")));
@@ -263,17 +217,15 @@ e2e_test! {
     /// at once still complete within a few seconds, and their lines are in
     /// `STATE_DIR/audit.log` (login account's, mode 0640).
     fn a_stalled_syslog_holds_no_request_and_lines_go_to_the_state_dir_file() {
-        let mh = MirrorHost::new();
+        let mut mh = MirrorHost::new();
         mh.put("iso", "a.iso", b"image");
         let stalled = StalledSyslog::at(mh.path("stalled.sock"));
-        write_config(&mh, &config_with(&mh, &stalled.path, ""));
+        mh.reconfigure(|c| c.syslog_socket = stalled.path.clone());
         let started = Instant::now();
-        let clients = [spawn_ssh(&mh, "sync"), spawn_ssh(&mh, "sync")];
+        let clients = [mh.ssh(Some("sync")).status(0).spawn(), mh.ssh(Some("sync")).status(0).spawn()];
         for c in clients {
-            let out = finish_within(c, Duration::from_secs(15)).unwrap_or_else(|| {
-                panic!("a request was still running after 15 s with syslog stalled")
-            });
-            assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+            // Killed and failed if still running after 15 s with syslog stalled.
+            c.finish_within(Duration::from_secs(15));
         }
         let took = started.elapsed();
         assert!(took < Duration::from_secs(5), "two requests took {took:?}");
@@ -294,16 +246,15 @@ e2e_test! {
     /// both append to `STATE_DIR/audit.log`, which stays the login
     /// account's even when root created it.
     fn a_missing_syslog_socket_sends_lines_to_the_state_dir_file() {
-        let mh = MirrorHost::new();
+        let mut mh = MirrorHost::new();
         mh.put("iso", "a.iso", b"image");
-        write_config(&mh, &config_with(&mh, &mh.path("no-such.sock"), ""));
-        let out = mh.syncgate(&["sync", "iso"]);
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        let no_socket = mh.path("no-such.sock");
+        mh.reconfigure(|c| c.syslog_socket = no_socket);
+        mh.syncgate().args(["sync", "iso"]).status(0).run();
         let md = fs::symlink_metadata(audit_log(&mh)).unwrap();
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (mh.login.uid, mh.login.gid, 0o640));
         mh.put("iso", "b.iso", b"image");
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
+        mh.ssh(Some("sync")).status(0).stderr_lacks("audit:").run();
         let lines = fallback_lines(&audit_log(&mh));
         assert_eq!(of_event(&lines, "request").len(), 1, "{}", lines.join("\n"));
         let decision = of_event(&lines, "decision");
@@ -313,7 +264,6 @@ e2e_test! {
         let outcomes = of_event(&lines, "outcome");
         assert_eq!(outcomes.len(), 2, "{}", lines.join("\n"));
         assert!(outcomes.iter().all(|l| fields(l)["result"] == "success"));
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("audit:"), "{}", support::show(&out));
     }
 }
 
@@ -323,25 +273,20 @@ e2e_test! {
     /// refuses to sync, exit 70, nothing synced, nothing written through
     /// the symlink. With `audit_required = false` it syncs, lines on stderr.
     fn with_nowhere_to_record_the_gate_refuses_to_sync() {
-        let mh = MirrorHost::new();
+        let mut mh = MirrorHost::new();
         mh.put("iso", "a.iso", b"image");
         let elsewhere = mh.path("elsewhere.log");
         fs::write(&elsewhere, b"").unwrap();
         std::os::unix::fs::symlink(&elsewhere, audit_log(&mh)).unwrap();
         let no_socket = mh.path("no-such.sock");
-        write_config(&mh, &config_with(&mh, &no_socket, ""));
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(70), "{}", support::show(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("audit_required"), "{}", support::show(&out));
+        mh.reconfigure(|c| c.syslog_socket = no_socket);
+        mh.ssh(Some("sync")).status(70).stderr_contains("audit_required").run();
         assert!(!mh.dest("iso").join("a.iso").exists(), "synced without an audit trail");
         assert!(mh.state("iso")["runs"].as_array().is_none_or(|r| r.is_empty()), "{}", mh.state("iso"));
         assert_eq!(fs::read(&elsewhere).unwrap(), b"", "written through the symlink");
 
-        write_config(&mh, &config_with(&mh, &no_socket, "audit_required = false\n"));
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("event=decision"), "{}", support::show(&out));
+        mh.reconfigure(|c| c.audit_required = Some(false));
+        mh.ssh(Some("sync")).status(0).stderr_contains("event=decision").run();
         assert!(mh.dest("iso").join("a.iso").exists());
     }
 }

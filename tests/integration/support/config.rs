@@ -15,6 +15,8 @@ pub struct Config {
     pub privilege: &'static str,
     pub login_user: Option<String>,
     pub binary: Option<PathBuf>,
+    /// `audit_required = …` (unset: syncgate's default, true).
+    pub audit_required: Option<bool>,
     pub heartbeat: u32,
     pub syslog_socket: PathBuf,
     pub syslog_facility: Option<String>,
@@ -146,6 +148,9 @@ impl Config {
         }
         if let Some(b) = &self.binary {
             writeln!(t, "binary = {}", quoted(b.display())).unwrap();
+        }
+        if let Some(a) = self.audit_required {
+            writeln!(t, "audit_required = {a}").unwrap();
         }
         writeln!(t, "heartbeat = {}\n", self.heartbeat).unwrap();
         writeln!(

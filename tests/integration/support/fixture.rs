@@ -65,6 +65,7 @@ impl Fixture {
             privilege: "direct",
             login_user: None,
             binary: None,
+            audit_required: None,
             heartbeat: 1,
             syslog_socket: dir.path().join("no-syslog"),
             syslog_facility: None,

@@ -97,6 +97,7 @@ impl MirrorHost {
             privilege: "sudo",
             login_user: Some(LOGIN.into()),
             binary: Some(bin.clone()),
+            audit_required: None,
             heartbeat: 1,
             syslog_socket: log.path().to_path_buf(),
             syslog_facility: Some("authpriv".into()),
