@@ -11,10 +11,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{text, Fixture};
+use crate::support::fixture::{Fixture, M};
 use crate::support::host::set_mode;
 use crate::support::mirror_host::{MirrorHost, OWNER, READER};
-use crate::support::{self, e2e_test, ChildGuard};
+use crate::support::{self, e2e_test, opts, stderr, ChildGuard, Mirrors, Test};
 
 const PRIVATE: &str = ".syncgate-tmp";
 const PARTIAL: &str = ".~tmp~";
@@ -22,7 +22,7 @@ const PARTIAL: &str = ".~tmp~";
 /// Makes `f` run rsync through a wrapper that notes, before and after each
 /// rsync, what `dest/.syncgate-tmp` is ("directory 2700 UID"); returns the
 /// log's path.
-fn watch_private_dir(f: &Fixture) -> std::path::PathBuf {
+fn watch_private_dir(f: &mut Fixture) -> std::path::PathBuf {
     let log = f.dir.path().join("private-dir.log");
     f.use_rsync_wrapper(&format!(
         "#!/bin/sh\nnote() {{ stat -c '%F %a %u' '{d}/{PRIVATE}' >> '{log}' 2>/dev/null || echo missing >> '{log}'; }}\nnote\n/usr/bin/rsync \"$@\"\nrc=$?\nnote\nexit $rc\n",
@@ -75,19 +75,17 @@ fn assert_no_partial_dir_name(root: &Path) {
 }
 
 fn sync_ok(f: &Fixture) -> String {
-    let out = f.sync();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    stderr(&f.sync().status(0).run())
 }
 
 /// An ordinary upstream with names that sort before and after the private
 /// dir's.
 fn ordinary_upstream(f: &Fixture) {
-    f.put(".a-early", b"early");
-    f.put("a.iso", b"image a");
-    f.put("pool/p.deb", b"package");
-    f.put("z.iso", b"image z");
-    f.put("SHA256SUMS", b"x  a.iso\n");
+    f.put(M, ".a-early", b"early");
+    f.put(M, "a.iso", b"image a");
+    f.put(M, "pool/p.deb", b"package");
+    f.put(M, "z.iso", b"image z");
+    f.put(M, "SHA256SUMS", b"x  a.iso\n");
 }
 
 fn assert_ordinary_mirror(f: &Fixture) {
@@ -104,22 +102,22 @@ fn assert_ordinary_mirror(f: &Fixture) {
 
 /// A resync that publishes a new file and deletes one works too.
 fn resync_works(f: &Fixture, log: &Path) {
-    f.put("new.iso", b"new");
+    f.put(M, "new.iso", b"new");
     fs::remove_file(f.upstream.join("z.iso")).unwrap();
     sync_ok(f);
     assert_eq!(fs::read(f.dest_path("new.iso")).unwrap(), b"new");
     assert!(!f.dest_path("z.iso").exists());
     assert_private_dir_stayed_private(f, log);
-    f.put("z.iso", b"image z");
+    f.put(M, "z.iso", b"image z");
     fs::remove_file(f.upstream.join("new.iso")).unwrap();
 }
 
 #[test]
 fn an_upstream_file_named_like_the_private_dir_is_never_published() {
-    let f = Fixture::new("");
-    let log = watch_private_dir(&f);
+    let mut f = Fixture::new(opts());
+    let log = watch_private_dir(&mut f);
     ordinary_upstream(&f);
-    f.put(PRIVATE, b"not a directory");
+    f.put(M, PRIVATE, b"not a directory");
     sync_ok(&f);
     assert_ordinary_mirror(&f);
     assert_private_dir_stayed_private(&f, &log);
@@ -133,8 +131,8 @@ fn an_upstream_file_named_like_the_private_dir_is_never_published() {
 #[test]
 fn an_upstream_symlink_named_like_the_private_dir_is_never_published() {
     // First sync.
-    let f = Fixture::new("");
-    let log = watch_private_dir(&f);
+    let mut f = Fixture::new(opts());
+    let log = watch_private_dir(&mut f);
     ordinary_upstream(&f);
     symlink("pool", f.upstream.join(PRIVATE)).unwrap();
     sync_ok(&f);
@@ -143,12 +141,12 @@ fn an_upstream_symlink_named_like_the_private_dir_is_never_published() {
     resync_works(&f, &log);
 
     // A populated mirror whose upstream grows the symlink later.
-    let f = Fixture::new("");
-    let log = watch_private_dir(&f);
+    let mut f = Fixture::new(opts());
+    let log = watch_private_dir(&mut f);
     ordinary_upstream(&f);
     sync_ok(&f);
     symlink("pool", f.upstream.join(PRIVATE)).unwrap();
-    f.put("pool/q.deb", b"another");
+    f.put(M, "pool/q.deb", b"another");
     sync_ok(&f);
     assert_ordinary_mirror(&f);
     assert_eq!(fs::read(f.dest_path("pool/q.deb")).unwrap(), b"another");
@@ -165,11 +163,11 @@ fn an_upstream_symlink_named_like_the_private_dir_is_never_published() {
 
 #[test]
 fn upstream_entries_named_like_rsyncs_holding_dir_are_never_published() {
-    let f = Fixture::new("");
-    let log = watch_private_dir(&f);
+    let mut f = Fixture::new(opts());
+    let log = watch_private_dir(&mut f);
     ordinary_upstream(&f);
-    f.put(PARTIAL, b"a file");
-    f.put(&format!("pool/{PARTIAL}/inside"), b"a dir");
+    f.put(M, PARTIAL, b"a file");
+    f.put(M, &format!("pool/{PARTIAL}/inside"), b"a dir");
     fs::create_dir_all(f.upstream.join("sub")).unwrap();
     symlink("..", f.upstream.join(format!("sub/{PARTIAL}"))).unwrap();
     sync_ok(&f);
@@ -180,8 +178,8 @@ fn upstream_entries_named_like_rsyncs_holding_dir_are_never_published() {
     assert_no_partial_dir_name(&f.dest);
     // Changed files below a directory holding the name go through stage 2's
     // delayed updates.
-    f.put("pool/p.deb", b"package 2");
-    f.put("SHA256SUMS", b"y  a.iso\n");
+    f.put(M, "pool/p.deb", b"package 2");
+    f.put(M, "SHA256SUMS", b"y  a.iso\n");
     sync_ok(&f);
     assert_eq!(fs::read(f.dest_path("pool/p.deb")).unwrap(), b"package 2");
     assert_no_partial_dir_name(&f.dest);
@@ -191,8 +189,8 @@ fn upstream_entries_named_like_rsyncs_holding_dir_are_never_published() {
     // the next sync that updates files beside them works and removes them.
     fs::write(f.dest_path(PARTIAL), b"old").unwrap();
     symlink("..", f.dest_path(&format!("pool/{PARTIAL}"))).unwrap();
-    f.put("a.iso", b"image a 2");
-    f.put("pool/p.deb", b"package three");
+    f.put(M, "a.iso", b"image a 2");
+    f.put(M, "pool/p.deb", b"package three");
     sync_ok(&f);
     assert_eq!(fs::read(f.dest_path("a.iso")).unwrap(), b"image a 2");
     assert_eq!(
@@ -204,7 +202,7 @@ fn upstream_entries_named_like_rsyncs_holding_dir_are_never_published() {
 
 #[test]
 fn fix_perms_removes_whatever_poses_as_the_private_dir() {
-    let f = Fixture::new("");
+    let f = Fixture::new(opts());
     ordinary_upstream(&f);
     sync_ok(&f);
     for plant in ["symlink", "file"] {
@@ -213,12 +211,16 @@ fn fix_perms_removes_whatever_poses_as_the_private_dir() {
             _ => fs::write(f.dest_path(PRIVATE), b"x").unwrap(),
         }
         fs::write(f.dest_path(PARTIAL), b"x").unwrap();
-        let out = f.cmd(&["fix-perms", "m"]).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{plant}: {}", text(&out));
+        let out = f
+            .syncgate()
+            .args(["fix-perms", M])
+            .status(0)
+            .context(move || format!("planted: {plant}"))
+            .run();
         assert!(
             fs::symlink_metadata(f.dest_path(PRIVATE)).is_err(),
             "{plant} survived fix-perms: {}",
-            text(&out)
+            support::show(&out)
         );
         assert!(fs::symlink_metadata(f.dest_path(PARTIAL)).is_err());
         assert_ordinary_mirror(&f);
@@ -227,15 +229,18 @@ fn fix_perms_removes_whatever_poses_as_the_private_dir() {
 
 #[test]
 fn a_sync_that_deletes_does_not_show_the_counting_pass_max_delete_line() {
-    let f = Fixture::new("");
+    let f = Fixture::new(opts());
     ordinary_upstream(&f);
     sync_ok(&f);
     fs::remove_file(f.upstream.join("z.iso")).unwrap();
-    let err = sync_ok(&f);
-    assert!(!f.dest_path("z.iso").exists(), "{err}");
-    assert!(!err.contains("max-delete"), "{err}");
-    // Other stderr lines of the stages still come through.
-    assert!(err.contains("stage 2"), "{err}");
+    let out = f
+        .sync()
+        .status(0)
+        .stderr_lacks("max-delete")
+        // Other stderr lines of the stages still come through.
+        .stderr_contains("stage 2")
+        .run();
+    assert!(!f.dest_path("z.iso").exists(), "{}", support::show(&out));
 }
 
 e2e_test! {
@@ -258,9 +263,8 @@ e2e_test! {
         assert_eq!(line.trim(), "locked", "the reader could not lock dest");
 
         let started = Instant::now();
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", support::show(&out));
-        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+        let out = mh.ssh(Some("sync")).status(0).run();
+        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}: {}", started.elapsed(), support::show(&out));
         assert_eq!(fs::read(dest.join("a.iso")).unwrap(), b"image a");
         assert!(holder.is_running(), "the reader's lock went away");
         // And the owner's own lock still cannot be taken by the reader.
@@ -276,7 +280,7 @@ e2e_test! {
     /// (exit 78 through sudo, a failed sync through ssh), and nothing is
     /// transferred.
     fn owner_side_refuses_an_rsync_the_login_account_could_replace() {
-        let mh = MirrorHost::new();
+        let mut mh = MirrorHost::new();
         mh.put("iso", "a.iso", b"image a");
         let bin = mh.path("opt/sg/bin");
         fs::create_dir_all(&bin).unwrap();
@@ -287,26 +291,27 @@ e2e_test! {
         set_mode(&rsync, 0o755);
         nix::unistd::chown(&bin, Some(mh.login.uid.into()), Some(mh.login.gid.into())).unwrap();
         set_mode(&bin, 0o755);
-        fs::write(&mh.config, format!("rsync = \"{}\"\n{}", rsync.display(), mh.config_text())).unwrap();
-        set_mode(&mh.config, 0o644);
+        // Rewritten as root, mode 0644: only the rsync path changes.
+        mh.reconfigure(|c| c.rsync = Some(rsync.clone()));
 
-        let out = Command::new("/usr/bin/sudo")
-            .args(["-n", "-u", OWNER, mh.bin.to_str().unwrap(), "--config"])
+        let mut cmd = Command::new("/usr/bin/sudo");
+        cmd.args(["-n", "-u", OWNER, mh.bin.to_str().unwrap(), "--config"])
             .arg(&mh.config)
             .args(["transfer", "iso"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(78), "{}", support::show(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&bin.display().to_string()) && err.contains("rsync"), "{err}");
-        assert!(err.contains("must be owned by root"), "{err}");
-        assert!(!err.contains("config file"), "{err}");
+            .stdin(Stdio::null());
+        Test::new(cmd)
+            .tree(mh.dest("iso"))
+            .status(78)
+            .stderr_contains(bin.display().to_string())
+            .stderr_contains("rsync")
+            .stderr_contains("must be owned by root")
+            .stderr_lacks("config file")
+            .run();
 
-        let out = mh.ssh(Some("sync")).output().unwrap();
-        assert_ne!(out.status.code(), Some(0), "{}", support::show(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("must be owned by root"), "{err}");
+        mh.ssh(Some("sync"))
+            .failure()
+            .stderr_contains("must be owned by root")
+            .run();
         assert!(!mh.dest("iso").join("a.iso").exists(), "something was transferred");
     }
 }
