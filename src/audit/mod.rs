@@ -26,6 +26,9 @@ use syslog::Syslog;
 
 pub use syslog::Facility;
 
+/// The fallback file's name in the state dir.
+pub const FALLBACK_FILE: &str = file::NAME;
+
 /// The longest one line waits for room in syslog's queue before it goes
 /// to the fallback file instead.
 pub const SEND_BUDGET: Duration = Duration::from_millis(200);

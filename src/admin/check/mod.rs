@@ -104,7 +104,41 @@ pub fn check(cfg: &Config) -> Report {
     if cfg.privilege == Privilege::Sudo {
         check_sudo_grants(cfg, &mut r);
     }
+    check_audit(cfg, &mut r);
     r
+}
+
+/// Where the audit trail goes: a missing syslog socket, or lines in the
+/// fallback file, mean that `/var/log/auth.log` (or the journal) lacks them.
+fn check_audit(cfg: &Config, r: &mut Report) {
+    use std::os::unix::fs::FileTypeExt;
+    let sock = &cfg.syslog.socket;
+    match std::fs::metadata(sock) {
+        Ok(md) if md.file_type().is_socket() => {
+            r.ok(format!("syslog socket {} is there", sock.display()))
+        }
+        _ => r.warn(
+            format!(
+                "no syslog socket at {}: audit lines go to {} instead of syslog",
+                sock.display(),
+                cfg.state_dir.join(crate::audit::FALLBACK_FILE).display()
+            ),
+            "apt-get install rsyslog (or run systemd-journald)",
+        ),
+    }
+    let file = cfg.state_dir.join(crate::audit::FALLBACK_FILE);
+    if let Ok(md) = std::fs::symlink_metadata(&file) {
+        if md.len() > 0 {
+            r.warn(
+                format!(
+                    "{} holds {} bytes of audit lines that syslog did not take",
+                    file.display(),
+                    md.len()
+                ),
+                "read them (README \"Reading the audit log\"), fix syslog, then rotate the file",
+            );
+        }
+    }
 }
 
 #[cfg(test)]
