@@ -167,7 +167,10 @@ mod tests {
             e.line().as_str(),
             "event=refused request=r1-2 mirror=iso key=jenkins reason=queue-full limit=key waiting=2 max_waiting=2"
         );
-        let full = Full::Mirror { waiting: 64, max: 64 };
+        let full = Full::Mirror {
+            waiting: 64,
+            max: 64,
+        };
         assert_eq!(
             full.describe("iso"),
             "64 requests are already waiting (mirror.iso.max_waiting = 64)"

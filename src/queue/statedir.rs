@@ -145,9 +145,14 @@ impl StateDir {
             }
             Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
         };
-        let md = file.metadata().context(|| format!("cannot read {}", path.display()))?;
+        let md = file
+            .metadata()
+            .context(|| format!("cannot read {}", path.display()))?;
         if !md.file_type().is_file() {
-            return Ok(Read::Unusable(format!("a {}, not a regular file", kind(&md))));
+            return Ok(Read::Unusable(format!(
+                "a {}, not a regular file",
+                kind(&md)
+            )));
         }
         if md.len() > STATE_MAX {
             return Ok(Read::Unusable(format!(
@@ -222,7 +227,10 @@ mod tests {
 
         std::fs::remove_file(&p).unwrap();
         std::fs::create_dir(&p).unwrap();
-        assert_eq!(unusable(sd.read(&p).unwrap()), "a directory, not a regular file");
+        assert_eq!(
+            unusable(sd.read(&p).unwrap()),
+            "a directory, not a regular file"
+        );
 
         std::fs::remove_dir(&p).unwrap();
         let f = File::create(&p).unwrap();
