@@ -142,6 +142,7 @@ impl LockFile {
             }
         };
         say(&format!("{name}: queued behind {}", behind(st)));
+        give_back_free_memory();
         let start = Instant::now();
         let got = Queued {
             q,
@@ -153,6 +154,21 @@ impl LockFile {
         got
     }
 }
+
+/// Returns the heap pages freed so far (mostly the config parser's) to
+/// the kernel before a wait that may last hours.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn give_back_free_memory() {
+    // SAFETY: malloc_trim only releases free memory; it touches no live
+    // allocation.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_back_free_memory() {}
 
 /// What a waiting request needs to know about its queue.
 pub struct Queue<'a> {
