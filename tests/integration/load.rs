@@ -900,7 +900,8 @@ e2e_test! {
         assert_eq!(out.status.code(), Some(0), "{}", crate::support::show(&out));
         // Release 2: 256 KiB at 16 KiB/s, so run #2 takes ~16 s, long enough
         // for 100 ssh logins on two busy cores, short enough for CI.
-        mh.set_mirror_extra("iso", "bwlimit = 16\n");
+        // More than the default max_waiting (64) wait here on purpose.
+        mh.set_mirror_extra("iso", "bwlimit = 16\nmax_waiting = 128\n");
         let big = noise(256 << 10, 2);
         mh.put("iso", "r2.iso", &big);
         mh.put("iso", "SHA256SUMS", sums(&[("r1.iso", &small), ("r2.iso", &big)]).as_bytes());

@@ -9,6 +9,7 @@
 mod fixture;
 mod support;
 
+mod caps;
 mod core;
 mod faults;
 mod fuzz_parser;
