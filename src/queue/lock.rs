@@ -124,6 +124,9 @@ impl LockFile {
             Err((_, e)) => return Err(Error::io("cannot lock the mirror", e.into())),
         };
         let name = &q.mirror.name;
+        // Before counting, so that little happens between counting the
+        // waiters and joining them.
+        give_back_free_memory();
         let seat = match admit::admit(q.sd, q.mirror, &file, caps)? {
             Ok(seat) => seat,
             Err(full) => {
@@ -142,7 +145,6 @@ impl LockFile {
             }
         };
         say(&format!("{name}: queued behind {}", behind(st)));
-        give_back_free_memory();
         let start = Instant::now();
         let got = Queued {
             q,
