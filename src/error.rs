@@ -22,7 +22,8 @@ pub enum Exit {
     Usage = 64,
     /// Internal error: state, lock or I/O trouble (EX_SOFTWARE).
     Internal = 70,
-    /// Waited longer than `queue_timeout` for the mirror lock (EX_TEMPFAIL).
+    /// Waited longer than `queue_timeout` for the mirror lock, or the queue
+    /// was full (`max_waiting`) (EX_TEMPFAIL).
     QueueTimeout = 75,
     /// Not permitted for this SSH key (EX_NOPERM).
     NotPermitted = 77,
@@ -70,7 +71,10 @@ impl Exit {
             }
             Exit::Usage => "Usage error, or an SSH request that is not understood.",
             Exit::Internal => "Internal error: state directory, lock file or I/O trouble; or an SSH sync that could be audited nowhere (audit_required).",
-            Exit::QueueTimeout => "Waited longer than the mirror's queue_timeout for its lock.",
+            Exit::QueueTimeout => {
+                "Waited longer than the mirror's queue_timeout for its lock, or found its queue \
+                 full (max_waiting) and was answered at once."
+            }
             Exit::NotPermitted => "SSH request not permitted for this key.",
             Exit::Config => {
                 "Configuration error; the message names the file, the line and the key."
@@ -134,6 +138,10 @@ pub enum Error {
         waited: u64,
         limit: u64,
     },
+    /// An SSH request found its queue full (`max_waiting`) and was
+    /// answered at once.
+    #[error("mirror {mirror}: the queue is full: {detail}; try again later")]
+    QueueFull { mirror: String, detail: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -166,7 +174,7 @@ impl Error {
         match self {
             Error::Config(_) => Exit::Config,
             Error::Usage(_) => Exit::Usage,
-            Error::QueueTimeout { .. } => Exit::QueueTimeout,
+            Error::QueueTimeout { .. } | Error::QueueFull { .. } => Exit::QueueTimeout,
             Error::Abandoned(_) => Exit::SyncFailed,
             Error::Io { .. } | Error::Internal(_) | Error::UnsafeLock { .. } => Exit::Internal,
             Error::Refused(e) | Error::SyncFailed(e) | Error::Reported(e) => *e,

@@ -214,6 +214,37 @@ impl Event for Abandoned<'_> {
     }
 }
 
+/// `event=refused reason=queue-full`: a request that would have had to
+/// wait found `max_waiting` requests of its mirror (`limit=mirror`) or of
+/// its key (`limit=key`) already waiting, and was answered at once (75).
+pub struct QueueFull<'a> {
+    pub request: &'a str,
+    pub mirror: &'a str,
+    pub key: Option<&'a str>,
+    /// `mirror` or `key`.
+    pub limit: &'a str,
+    pub waiting: u64,
+    pub max_waiting: u64,
+}
+
+impl Event for QueueFull<'_> {
+    fn level(&self) -> Level {
+        Level::Warning
+    }
+
+    fn line(&self) -> Line {
+        let mut l = Line::new("refused");
+        l.kv("request", self.request)
+            .kv("mirror", self.mirror)
+            .kv("key", self.key.unwrap_or("-"))
+            .kv("reason", "queue-full")
+            .kv("limit", self.limit)
+            .kv("waiting", self.waiting)
+            .kv("max_waiting", self.max_waiting);
+        l
+    }
+}
+
 /// `event=outcome`: how one request for one mirror ended.
 pub struct Outcome<'a> {
     pub req: &'a Requester,
@@ -281,6 +312,7 @@ impl Event for Outcome<'_> {
             End::Failed(e) => {
                 let result = match e {
                     Error::QueueTimeout { .. } => "queue-timeout",
+                    Error::QueueFull { .. } => "queue-full",
                     Error::Abandoned(_) => "abandoned",
                     _ => "error",
                 };

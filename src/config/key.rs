@@ -49,10 +49,19 @@ pub(super) fn validate_key(
             Err(why) => return src.err(f.span(), &format!("key.{n}.from"), why),
         }
     }
+    let max_waiting = match &k.max_waiting {
+        Some(v) => Some(super::mirror::max_waiting(
+            src,
+            v,
+            &format!("key.{n}.max_waiting"),
+        )?),
+        None => None,
+    };
     Ok(KeyConfig {
         name: n,
         verbs,
         mirrors: ms,
         from,
+        max_waiting,
     })
 }

@@ -95,7 +95,26 @@ pub(super) fn validate_mirror(
         timeout: secs(&m.timeout, "timeout", 6 * 3600)?,
         max_delete: m.max_delete.unwrap_or(1000),
         queue_timeout: secs(&m.queue_timeout, "queue_timeout", 3 * 3600)?,
+        max_waiting: match &m.max_waiting {
+            Some(v) => max_waiting(src, v, &key("max_waiting"))?,
+            None => DEFAULT_MAX_WAITING,
+        },
     })
+}
+
+/// How many SSH requests may wait for one mirror unless `max_waiting` says.
+pub const DEFAULT_MAX_WAITING: u64 = 64;
+
+/// `max_waiting` (of a mirror or a key): at least 1.
+pub(super) fn max_waiting(src: &Source, v: &Spanned<u64>, key: &str) -> Result<u64> {
+    if *v.get_ref() == 0 {
+        return src.err(
+            v.span(),
+            key,
+            "must be at least 1 (the number of requests that may wait for the lock)",
+        );
+    }
+    Ok(*v.get_ref())
 }
 
 /// `rsync://host/module…`, an absolute local path, or `[user@]host:path`.

@@ -126,6 +126,9 @@ pub struct Mirror {
     pub timeout: u64,
     pub max_delete: u64,
     pub queue_timeout: u64,
+    /// At most this many SSH requests wait for the mirror's lock; one more
+    /// is refused at once (exit 75).
+    pub max_waiting: u64,
 }
 
 impl Mirror {
@@ -173,6 +176,9 @@ pub struct KeyConfig {
     /// Names of mirrors of the same file (checked at load).
     pub mirrors: Vec<String>,
     pub from: Vec<Cidr>,
+    /// At most this many of the key's requests wait (for any mirror);
+    /// `None`: only the mirror's `max_waiting` applies.
+    pub max_waiting: Option<u64>,
 }
 
 impl Config {

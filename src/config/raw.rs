@@ -53,6 +53,7 @@ pub(super) struct RawMirror {
     pub timeout: Option<Spanned<u64>>,
     pub max_delete: Option<u64>,
     pub queue_timeout: Option<Spanned<u64>>,
+    pub max_waiting: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +64,7 @@ pub(super) struct RawKey {
     pub mirrors: Vec<Spanned<String>>,
     #[serde(default)]
     pub from: Vec<Spanned<String>>,
+    pub max_waiting: Option<Spanned<u64>>,
 }
 
 /// Builds errors that point at a place in the file.

@@ -849,6 +849,34 @@ fn limits_may_be_zero_but_not_negative() {
     refused(&mirror("max_delete = -1\n"), 7, "invalid value");
 }
 
+#[test]
+fn max_waiting_defaults_to_64_for_a_mirror_and_to_none_for_a_key() {
+    let cfg = ok(&key("verbs = [\"sync\"]\n"));
+    assert_eq!(cfg.mirrors["m"].max_waiting, 64);
+    assert_eq!(cfg.keys["ci"].max_waiting, None);
+    let cfg = ok(&mirror(
+        "max_waiting = 5\n[key.ci]\nverbs = []\nmax_waiting = 2\n",
+    ));
+    assert_eq!(cfg.mirrors["m"].max_waiting, 5);
+    assert_eq!(cfg.keys["ci"].max_waiting, Some(2));
+}
+
+#[test]
+fn max_waiting_is_at_least_one() {
+    refused(
+        &mirror("max_waiting = 0\n"),
+        7,
+        "mirror.m.max_waiting: must be at least 1",
+    );
+    refused(
+        &key("verbs = []\nmax_waiting = 0\n"),
+        9,
+        "key.ci.max_waiting: must be at least 1",
+    );
+    refused(&mirror("max_waiting = -1\n"), 7, "invalid value");
+    refused(&mirror("max_waiting = \"8\"\n"), 7, "invalid type");
+}
+
 // ---- [key.NAME] ---------------------------------------------------------------------
 
 #[test]

@@ -5,25 +5,35 @@
 //! and one that is not a plain file owned by the state directory's owner is
 //! refused. Who holds and who waits is read, without touching the lock, by
 //! [`crate::sys::proc_locks`].
+//!
+//! A queued request blocks in `flock` on its own thread (no second thread
+//! per waiting request); a [`Tick`] interrupts it every 250 ms to look at
+//! the clock, the caller and the signal flags.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::audit::events::{Abandoned, Leave};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::audit::events::{Abandoned, Leave, QueueFull};
 use crate::audit::Audit;
 use crate::config::{Config, Mirror};
 use crate::error::{Error, IoContext, Result};
+use crate::queue::admit::{self, Caps};
 use crate::queue::state::{now, MirrorState, Requester};
 use crate::queue::statedir::StateDir;
 use crate::sys::progress::{human_secs, say};
+use crate::sys::tick::Tick;
+
+/// How often a queued request looks at its caller, the clock and signals.
+const POLL: Duration = Duration::from_millis(250);
 
 /// The mirror's lock, held: dropping it lets the next request in.
 pub struct MirrorLock {
-    _file: File,
+    _lock: Flock<File>,
 }
 
 /// The mirror's lock file, opened (and created if needed) but not locked.
@@ -35,7 +45,12 @@ impl LockFile {
     /// Opens `state_dir/MIRROR.lock`, refusing anything but a plain file
     /// with one link, owned by the state directory's owner.
     pub fn open(sd: &StateDir, mirror: &str) -> Result<LockFile> {
-        let path = sd.lock_path(mirror);
+        LockFile::open_path(sd, &sd.lock_path(mirror))
+    }
+
+    /// Opens the lock file `path` in the state directory, as [`LockFile::open`].
+    pub fn open_path(sd: &StateDir, path: &Path) -> Result<LockFile> {
+        let path = path.to_path_buf();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -86,27 +101,82 @@ impl LockFile {
         Ok(LockFile { file })
     }
 
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
     /// Waits for the lock: heartbeat, queue timeout, and leaving the queue
     /// when the caller disconnects or a signal arrives. `st` is the state
-    /// as the request found it, for the "queued behind" line.
+    /// as the request found it, for the "queued behind" line. `caps`: an
+    /// SSH request's `max_waiting` caps ([`admit`]); a request that would
+    /// exceed one is refused at once.
     pub fn acquire(
         self,
-        cfg: &Config,
-        mirror: &Mirror,
+        q: &Queue,
         st: &MirrorState,
         audit: &mut Audit,
         req: &Requester,
+        caps: Option<Caps>,
     ) -> Result<MirrorLock> {
-        let file = match self.file.try_lock() {
-            Ok(()) => return Ok(MirrorLock { _file: self.file }),
-            Err(std::fs::TryLockError::WouldBlock) => self.file,
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io("cannot lock the mirror", e))
+        let file = match Flock::lock(self.file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(MirrorLock { _lock: l }),
+            Err((file, e)) if admit::would_block(e) => file,
+            Err((_, e)) => return Err(Error::io("cannot lock the mirror", e.into())),
+        };
+        let name = &q.mirror.name;
+        // Before counting, so that little happens between counting the
+        // waiters and joining them.
+        give_back_free_memory();
+        let seat = match admit::admit(q.sd, q.mirror, &file, caps)? {
+            Ok(seat) => seat,
+            Err(full) => {
+                audit.record(&QueueFull {
+                    request: &req.request,
+                    mirror: name,
+                    key: caps.map(|c| c.key),
+                    limit: full.limit(),
+                    waiting: full.waiting(),
+                    max_waiting: full.max(),
+                });
+                return Err(Error::QueueFull {
+                    mirror: name.clone(),
+                    detail: full.describe(name),
+                });
             }
         };
-        say(&format!("{}: queued behind {}", mirror.name, behind(st)));
-        Queued::wait(file, cfg, mirror).watch(audit, req)
+        say(&format!("{name}: queued behind {}", behind(st)));
+        let start = Instant::now();
+        let got = Queued {
+            q,
+            start,
+            next_beat: start + Duration::from_secs(q.cfg.heartbeat),
+        }
+        .wait(file, audit, req);
+        drop(seat);
+        got
     }
+}
+
+/// Returns the heap pages freed so far (mostly the config parser's) to
+/// the kernel before a wait that may last hours.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn give_back_free_memory() {
+    // SAFETY: malloc_trim only releases free memory; it touches no live
+    // allocation.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_back_free_memory() {}
+
+/// What a waiting request needs to know about its queue.
+pub struct Queue<'a> {
+    pub cfg: &'a Config,
+    pub sd: &'a StateDir,
+    pub mirror: &'a Mirror,
 }
 
 /// What a queued request is behind, for humans.
@@ -122,66 +192,36 @@ fn behind(st: &MirrorState) -> String {
     }
 }
 
-/// A request in the queue: a thread blocks on the lock while this one
-/// watches the clock, the caller and signals.
+/// A request in the queue: blocked on the lock, woken by the tick.
 struct Queued<'a> {
-    cfg: &'a Config,
-    mirror: &'a Mirror,
-    cancelled: Arc<AtomicBool>,
-    rx: mpsc::Receiver<std::io::Result<File>>,
+    q: &'a Queue<'a>,
     start: Instant,
+    next_beat: Instant,
 }
 
-impl<'a> Queued<'a> {
-    fn wait(file: File, cfg: &'a Config, mirror: &'a Mirror) -> Queued<'a> {
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        {
-            let cancelled = cancelled.clone();
-            std::thread::spawn(move || {
-                let r = file.lock().map(|()| file);
-                if let Ok(f) = &r {
-                    if cancelled.load(Ordering::SeqCst) {
-                        let _ = f.unlock();
-                        return;
-                    }
-                }
-                let _ = tx.send(r);
-            });
-        }
-        Queued {
-            cfg,
-            mirror,
-            cancelled,
-            rx,
-            start: Instant::now(),
-        }
-    }
-
-    /// Leaves the queue: a lock that arrives later is released at once.
+impl Queued<'_> {
+    /// Leaves the queue (the caller drops the lock if it came).
     fn leave(&self, why: Leave, audit: &mut Audit, req: &Requester) {
-        self.cancelled.store(true, Ordering::SeqCst);
         audit.record(&Abandoned {
             request: &req.request,
-            mirror: &self.mirror.name,
+            mirror: &self.q.mirror.name,
             queue_wait: self.start.elapsed().as_secs(),
             reason: why,
         });
     }
 
-    fn watch(self, audit: &mut Audit, req: &Requester) -> Result<MirrorLock> {
-        let mirror = self.mirror;
-        let limit = Duration::from_secs(mirror.queue_timeout);
-        let beat = Duration::from_secs(self.cfg.heartbeat);
-        let mut next_beat = self.start + beat;
+    fn wait(mut self, file: File, audit: &mut Audit, req: &Requester) -> Result<MirrorLock> {
+        let tick = Tick::start(POLL).map_err(|e| Error::io("cannot start the queue's timer", e))?;
+        let mut file = Some(file);
         loop {
-            let got = match self.rx.recv_timeout(Duration::from_millis(250)) {
-                Ok(Ok(f)) => Some(f),
-                Ok(Err(e)) => return Err(Error::io("cannot lock the mirror", e)),
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Internal("lock waiter vanished".into()))
+            let f = file.take().expect("the lock file is back after each try");
+            let got = match Flock::lock(f, FlockArg::LockExclusive) {
+                Ok(l) => Some(l),
+                Err((f, Errno::EINTR)) => {
+                    file = Some(f);
+                    None
                 }
-                Err(RecvTimeoutError::Timeout) => None,
+                Err((_, e)) => return Err(Error::io("cannot lock the mirror", e.into())),
             };
             // Also checked when the lock has just arrived: a caller that left
             // while queued must not start a run (or be coalesced) just because
@@ -195,37 +235,44 @@ impl<'a> Queued<'a> {
                 self.leave(Leave::Signal, audit, req);
                 return Err(Error::Abandoned("stopped by a signal while queued".into()));
             }
-            if let Some(f) = got {
-                return Ok(MirrorLock { _file: f });
+            if let Some(l) = got {
+                drop(tick);
+                return Ok(MirrorLock { _lock: l });
             }
-            let waited = self.start.elapsed();
-            if waited >= limit {
-                self.leave(Leave::QueueTimeout, audit, req);
-                return Err(Error::QueueTimeout {
-                    mirror: mirror.name.clone(),
-                    waited: waited.as_secs(),
-                    limit: mirror.queue_timeout,
-                });
-            }
-            if Instant::now() >= next_beat {
-                next_beat += beat;
-                let st = MirrorState::load_quiet(&mirror.name, self.cfg);
-                say(&format!(
-                    "{}: still queued behind {}; waited {}",
-                    mirror.name,
-                    behind(&st),
-                    human_secs(waited.as_secs())
-                ));
-            }
+            self.timeout_or_beat(audit, req)?;
         }
+    }
+
+    /// Gives up after `queue_timeout`; says "still queued" every heartbeat.
+    fn timeout_or_beat(&mut self, audit: &mut Audit, req: &Requester) -> Result<()> {
+        let mirror = self.q.mirror;
+        let waited = self.start.elapsed();
+        if waited >= Duration::from_secs(mirror.queue_timeout) {
+            self.leave(Leave::QueueTimeout, audit, req);
+            return Err(Error::QueueTimeout {
+                mirror: mirror.name.clone(),
+                waited: waited.as_secs(),
+                limit: mirror.queue_timeout,
+            });
+        }
+        if Instant::now() >= self.next_beat {
+            self.next_beat += Duration::from_secs(self.q.cfg.heartbeat);
+            let st = MirrorState::load_quiet(self.q.sd, &mirror.name);
+            say(&format!(
+                "{}: still queued behind {}; waited {}",
+                mirror.name,
+                behind(&st),
+                human_secs(waited.as_secs())
+            ));
+        }
+        Ok(())
     }
 }
 
 impl MirrorState {
     /// Best-effort read for progress messages.
-    fn load_quiet(name: &str, cfg: &Config) -> MirrorState {
-        StateDir::open(&cfg.state_dir)
-            .and_then(|sd| MirrorState::load(&sd, name))
+    fn load_quiet(sd: &StateDir, name: &str) -> MirrorState {
+        MirrorState::load(sd, name)
             .map(|l| l.state)
             .unwrap_or_default()
     }

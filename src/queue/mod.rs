@@ -14,6 +14,7 @@
 //! The queue does not know how a run is done: [`serve`] is handed the run
 //! as a closure that returns its [`Outcome`].
 
+pub mod admit;
 pub mod lock;
 pub mod state;
 pub mod statedir;
@@ -24,7 +25,8 @@ use crate::audit::events::{RunDied, RunStart, StateCorrupt};
 use crate::audit::Audit;
 use crate::config::{Config, Mirror};
 use crate::error::{Error, Result};
-use crate::queue::lock::LockFile;
+use crate::queue::admit::Caps;
+use crate::queue::lock::{LockFile, Queue};
 use crate::queue::state::{MirrorState, Outcome, Requester, RunRecord, RunResult, Running};
 use crate::queue::statedir::StateDir;
 use crate::sys::progress::say;
@@ -39,12 +41,14 @@ pub struct Served {
 }
 
 /// Serves one request for one mirror: queue, coalesce or run, record.
-/// `run` does the sync; it gets the run id.
+/// `run` does the sync; it gets the run id. `caps`: an SSH request's
+/// `max_waiting` caps (see [`admit`]); `None` for a local request.
 pub fn serve(
     cfg: &Config,
     sd: &StateDir,
     mirror: &Mirror,
     req: &Requester,
+    caps: Option<Caps>,
     audit: &mut Audit,
     run: impl FnOnce(u64) -> Outcome,
 ) -> Result<Served> {
@@ -54,7 +58,8 @@ pub fn serve(
     let at_arrival = MirrorState::load(sd, name)?.state;
     let arrival = at_arrival.last_started;
 
-    let lock = lock.acquire(cfg, mirror, &at_arrival, audit, req)?;
+    let q = Queue { cfg, sd, mirror };
+    let lock = lock.acquire(&q, &at_arrival, audit, req, caps)?;
     let waited = arrived.elapsed().as_secs();
 
     let mut st = load_and_recover(sd, name, audit)?;

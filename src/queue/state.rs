@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::statedir::StateDir;
+use crate::queue::statedir::{Read, StateDir};
 
 /// How many finished runs are kept.
 pub const HISTORY: usize = 100;
@@ -33,11 +33,23 @@ pub struct Loaded {
 impl MirrorState {
     pub fn load(dir: &StateDir, mirror: &str) -> crate::error::Result<Loaded> {
         let path = dir.state_path(mirror);
-        let Some(bytes) = dir.read(&path)? else {
-            return Ok(Loaded {
-                state: MirrorState::default(),
-                warning: None,
-            });
+        let bytes = match dir.read(&path)? {
+            Read::Bytes(b) => b,
+            Read::Missing => {
+                return Ok(Loaded {
+                    state: MirrorState::default(),
+                    warning: None,
+                })
+            }
+            Read::Unusable(why) => {
+                return Ok(Loaded {
+                    state: MirrorState::default(),
+                    warning: Some(format!(
+                        "state file {} is corrupt (it is {why}); starting from an empty history",
+                        path.display()
+                    )),
+                })
+            }
         };
         match serde_json::from_slice::<MirrorState>(&bytes) {
             Ok(state) => Ok(Loaded {

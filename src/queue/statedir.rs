@@ -4,12 +4,48 @@
 //! When root creates a file here it hands it to the directory's owner, so
 //! the login account and an admin running syncgate as root share one queue.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+
+use nix::libc;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+
+/// The largest state file syncgate reads: its [`HISTORY`] runs take well
+/// under 1 MiB.
+///
+/// [`HISTORY`]: crate::queue::state::HISTORY
+pub const STATE_MAX: u64 = 4 << 20;
+
+/// What [`StateDir::read`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    Missing,
+    Bytes(Vec<u8>),
+    /// Not a regular file of a sane size: why, for the warning.
+    Unusable(String),
+}
+
+/// A file type, for humans.
+fn kind(md: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
+}
 
 pub struct StateDir {
     path: PathBuf,
@@ -58,6 +94,14 @@ impl StateDir {
         self.path.join(format!("{mirror}.lock"))
     }
 
+    /// The file an SSH key's waiting requests hold a shared lock on, so
+    /// the kernel's lock table counts them (`[key.NAME] max_waiting`). The
+    /// leading `_` keeps it apart from every mirror's files (mirror names
+    /// start with a letter or digit).
+    pub fn key_lock_path(&self, key: &str) -> PathBuf {
+        self.path.join(format!("_key.{key}.lock"))
+    }
+
     pub fn state_path(&self, mirror: &str) -> PathBuf {
         self.path.join(format!("{mirror}.state.json"))
     }
@@ -80,13 +124,54 @@ impl StateDir {
         Ok(())
     }
 
-    /// Reads a whole small file; Ok(None) if it does not exist.
-    pub fn read(&self, path: &Path) -> Result<Option<Vec<u8>>> {
-        match std::fs::read(path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+    /// Reads a state file: a regular file of at most [`STATE_MAX`] bytes,
+    /// opened without following a symlink and without blocking (a FIFO
+    /// has no writer to wait for). Anything else is [`Read::Unusable`],
+    /// never read.
+    pub fn read(&self, path: &Path) -> Result<Read> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(path);
+        let file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::Missing),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Ok(Read::Unusable("a symlink, which is not followed".into()))
+            }
+            // A socket cannot be opened.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Ok(Read::Unusable("not a regular file".into()))
+            }
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        };
+        let md = file
+            .metadata()
+            .context(|| format!("cannot read {}", path.display()))?;
+        if !md.file_type().is_file() {
+            return Ok(Read::Unusable(format!(
+                "a {}, not a regular file",
+                kind(&md)
+            )));
         }
+        if md.len() > STATE_MAX {
+            return Ok(Read::Unusable(format!(
+                "{} bytes, more than a state file may have ({} MiB)",
+                md.len(),
+                STATE_MAX >> 20
+            )));
+        }
+        let mut bytes = Vec::with_capacity(md.len() as usize);
+        file.take(STATE_MAX + 1)
+            .read_to_end(&mut bytes)
+            .context(|| format!("cannot read {}", path.display()))?;
+        if bytes.len() as u64 > STATE_MAX {
+            return Ok(Read::Unusable(format!(
+                "more than a state file may have ({} MiB)",
+                STATE_MAX >> 20
+            )));
+        }
+        Ok(Read::Bytes(bytes))
     }
 
     /// Replaces `path` atomically: temporary file in the same directory,
@@ -109,5 +194,49 @@ impl StateDir {
             let _ = dir.sync_all();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unusable(r: Read) -> String {
+        match r {
+            Read::Unusable(why) => why,
+            other => panic!("read as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_regular_file_of_a_sane_size_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path()).unwrap();
+        let p = sd.state_path("m");
+        assert_eq!(sd.read(&p).unwrap(), Read::Missing);
+        std::fs::write(&p, b"{}").unwrap();
+        assert_eq!(sd.read(&p).unwrap(), Read::Bytes(b"{}".to_vec()));
+
+        std::fs::remove_file(&p).unwrap();
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(unusable(sd.read(&p).unwrap()), "a FIFO, not a regular file");
+
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        assert!(unusable(sd.read(&p).unwrap()).contains("symlink"));
+
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        assert_eq!(
+            unusable(sd.read(&p).unwrap()),
+            "a directory, not a regular file"
+        );
+
+        std::fs::remove_dir(&p).unwrap();
+        let f = File::create(&p).unwrap();
+        f.set_len(STATE_MAX).unwrap();
+        assert!(matches!(sd.read(&p).unwrap(), Read::Bytes(b) if b.len() as u64 == STATE_MAX));
+        f.set_len(1 << 40).unwrap();
+        assert!(unusable(sd.read(&p).unwrap()).contains("1099511627776 bytes, more than"));
     }
 }

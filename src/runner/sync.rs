@@ -5,6 +5,7 @@ use crate::audit::events::{End, Outcome, Via};
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
+use crate::queue::admit::Caps;
 use crate::queue::statedir::StateDir;
 use crate::queue::{self, Served};
 use crate::run::Requester;
@@ -83,7 +84,11 @@ pub fn sync(
             base.clone()
         };
         let run = |id| crate::runner::execute(cfg, mirror, id);
-        match queue::serve(cfg, &sd, mirror, &req, audit, run) {
+        let caps = via.map(|v| Caps {
+            key: v.key,
+            key_max: cfg.keys.get(v.key).and_then(|k| k.max_waiting),
+        });
+        match queue::serve(cfg, &sd, mirror, &req, caps, audit, run) {
             Ok(s) => {
                 say(&summary(name, &s));
                 audit.record(&Outcome {

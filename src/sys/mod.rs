@@ -5,4 +5,5 @@ pub mod child;
 pub mod proc_locks;
 pub mod progress;
 pub mod signals;
+pub mod tick;
 pub mod timefmt;

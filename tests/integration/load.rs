@@ -887,7 +887,8 @@ e2e_test! {
         mh.ssh(Some("sync")).status(0).run();
         // Release 2: 256 KiB at 16 KiB/s, so run #2 takes ~16 s, long enough
         // for 100 ssh logins on two busy cores, short enough for CI.
-        mh.set_opts("iso", opts().bwlimit(16));
+        // More than the default max_waiting (64) wait here on purpose.
+        mh.set_opts("iso", opts().bwlimit(16).max_waiting(128));
         let big = noise(256 << 10, 2);
         mh.put("iso", "r2.iso", &big);
         mh.put("iso", "SHA256SUMS", sums(&[("r1.iso", &small), ("r2.iso", &big)]).as_bytes());

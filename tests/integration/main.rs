@@ -11,6 +11,7 @@
 mod support;
 
 mod audit_trail;
+mod caps;
 mod core;
 mod faults;
 mod fuzz_parser;
