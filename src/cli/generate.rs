@@ -51,8 +51,10 @@ pub fn files() -> Vec<(String, &'static str)> {
         (
             "/var/lib/syncgate".to_string(),
             "The state directory (state_dir) of the packaged configuration: per-mirror \
-             lock files MIRROR.lock (never removed) and state files MIRROR.state.json. \
-             Owned by the login account, mode 0750 (created by systemd-tmpfiles).",
+             lock files MIRROR.lock (never removed) and state files MIRROR.state.json, \
+             per-key lock files _key.NAME.lock (keys with max_waiting), and audit.log, \
+             where audit lines go when syslog does not take them. Owned by the login \
+             account, mode 0750 (created by systemd-tmpfiles).",
         ),
         (
             crate::admin::sudoers::INSTALL_PATH.to_string(),
