@@ -271,6 +271,12 @@ impl Running<'_> {
         self.stdin = None;
     }
 
+    /// Whether it has exited (reaped; [`Running::finish`] still checks it).
+    pub fn exited(&mut self) -> bool {
+        let child = self.child.as_mut().expect("not finished");
+        child.try_wait().unwrap().is_some()
+    }
+
     /// Waits for the exit, checks it, returns the output.
     #[track_caller]
     pub fn finish(self) -> Output {
@@ -280,6 +286,20 @@ impl Running<'_> {
     /// [`Running::finish`], panicking (after a kill) past `timeout`.
     #[track_caller]
     pub fn finish_within(mut self, timeout: Duration) -> Output {
+        let out = self.wait_within(timeout);
+        self.test.check(&out);
+        out
+    }
+
+    /// [`Running::finish_within`] without checking the exit or the output,
+    /// for a caller that judges them itself (as with [`Test::run_unchecked`]).
+    #[track_caller]
+    pub fn finish_unchecked_within(mut self, timeout: Duration) -> Output {
+        self.wait_within(timeout)
+    }
+
+    #[track_caller]
+    fn wait_within(&mut self, timeout: Duration) -> Output {
         let deadline = Instant::now().checked_add(timeout);
         let child = self.child.as_mut().unwrap();
         let status: ExitStatus = loop {
@@ -298,13 +318,11 @@ impl Running<'_> {
         };
         self.child = None;
         self.stdin = None;
-        let out = Output {
+        Output {
             status,
             stdout: self.out.take().unwrap().join().unwrap(),
             stderr: self.err.take().unwrap().join().unwrap(),
-        };
-        self.test.check(&out);
-        out
+        }
     }
 }
 

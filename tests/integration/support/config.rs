@@ -44,6 +44,8 @@ pub struct Opts {
     pub io_timeout: Option<u64>,
     pub queue_timeout: Option<u64>,
     pub max_delete: Option<u64>,
+    /// `max_waiting = N`: requests that may wait for the mirror's lock.
+    pub max_waiting: Option<u64>,
     pub file_mode: Option<&'static str>,
     pub dir_mode: Option<&'static str>,
     pub exclude: Vec<&'static str>,
@@ -75,6 +77,10 @@ impl Opts {
         self.max_delete = Some(n);
         self
     }
+    pub fn max_waiting(mut self, n: u64) -> Opts {
+        self.max_waiting = Some(n);
+        self
+    }
     pub fn file_mode(mut self, mode: &'static str) -> Opts {
         self.file_mode = Some(mode);
         self
@@ -96,6 +102,9 @@ pub struct Key {
     pub verbs: Vec<&'static str>,
     pub mirrors: Vec<&'static str>,
     pub from: Vec<&'static str>,
+    /// `max_waiting = N`: this key's requests that may wait at once
+    /// (unset: no cap of its own).
+    pub max_waiting: Option<u64>,
 }
 
 impl Key {
@@ -106,6 +115,7 @@ impl Key {
             verbs: vec!["sync", "status", "help"],
             mirrors: vec!["iso"],
             from: vec!["127.0.0.0/8"],
+            max_waiting: None,
         }
     }
 }
@@ -176,6 +186,9 @@ impl Config {
                 list(&k.from)
             )
             .unwrap();
+            if let Some(n) = k.max_waiting {
+                writeln!(t, "max_waiting = {n}").unwrap();
+            }
         }
         t
     }
@@ -200,6 +213,7 @@ impl Mirror {
             ("io_timeout", o.io_timeout),
             ("queue_timeout", o.queue_timeout),
             ("max_delete", o.max_delete),
+            ("max_waiting", o.max_waiting),
         ];
         for (key, value) in numbers {
             if let Some(v) = value {
