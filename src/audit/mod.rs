@@ -31,7 +31,7 @@ pub const FALLBACK_FILE: &str = file::NAME;
 
 /// The longest one line waits for room in syslog's queue before it goes
 /// to the fallback file instead.
-pub const SEND_BUDGET: Duration = Duration::from_millis(200);
+pub const SEND_BUDGET: Duration = Duration::from_millis(500);
 
 /// Severity of an audit line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -544,6 +544,23 @@ impl GateFigures {
 // ---------------------------------------------------------------------------
 // The audit trail, strictly
 
+/// Every audit line of the run: syslog's datagrams, and the lines syslog did
+/// not take within syncgate's send budget, which went to the state dir's
+/// fallback file (`TIMESTAMP LEVEL syncgate[PID]: MSG`, rewritten here into
+/// syslog's form so that one strict parser reads both). A trail split
+/// between the two is complete; a line in neither is lost.
+fn trail(mh: &MirrorHost) -> Vec<String> {
+    let mut lines = mh.log.lines();
+    let file = mh.state_dir.join(syncgate::audit::FALLBACK_FILE);
+    if let Ok(text) = fs::read_to_string(&file) {
+        for l in text.lines() {
+            let msg = l.splitn(3, ' ').nth(2).unwrap_or(l);
+            lines.push(format!("<85>Jan 01 00:00:00 {msg}"));
+        }
+    }
+    lines
+}
+
 /// Parses one received datagram as exactly one audit line:
 /// `<PRI>Mmm dd hh:mm:ss syncgate[PID]: key=value key="quoted value" …`
 /// with single spaces, keys `[a-z_]+`, bare values of printable ASCII
@@ -923,13 +940,13 @@ e2e_test! {
         let gates = GateFigures::of(&sampler.finish());
         // The last datagrams may still be on their way.
         let _ = wait_until(Duration::from_secs(5), || {
-            let a = Audit::of(&mh.log.lines());
+            let a = Audit::of(&trail(&mh));
             a.requests.values().filter(|t| t.outcomes == 1).count() > BURST + 1
         });
         let obs = observer.finish();
         let left = leftovers(&mh, Duration::from_secs(20));
         let (st, state_problems) = check_state(&mh, "iso");
-        let audit = Audit::of(&mh.log.lines());
+        let audit = Audit::of(&trail(&mh));
 
         let all = || std::iter::once(&first).chain(&clients);
         let problems: Vec<String> = all().filter_map(Client::problem).collect();
@@ -1222,7 +1239,7 @@ fn soak(secs: u64, total: usize) {
     let gates = GateFigures::of(&sampler.finish());
     let obs = observer.finish();
     let (st, state_problems) = check_state(&mh, "iso");
-    let audit = Audit::of(&mh.log.lines());
+    let audit = Audit::of(&trail(&mh));
     let broken = audit.broken_trails();
     let reached_gate = audit.requests.values().filter(|t| t.decisions > 0).count();
     let not_killed = finished.iter().filter(|c| !c.killed).count();
