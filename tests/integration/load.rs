@@ -1357,7 +1357,12 @@ fn soak(secs: u64, total: usize) {
         gates.line()
     );
     let sshd = mh.host.sshd().log();
-    assert!(!sshd.contains("fatal:"), "sshd logged a fatal error");
+    let fatal: Vec<&str> = sshd.lines().filter(|l| l.contains("fatal:")).collect();
+    assert!(
+        fatal.is_empty(),
+        "sshd logged a fatal error:\n{}",
+        fatal.join("\n")
+    );
     // The published tree is the last generation.
     for (name, body) in &upstream.live {
         if let Ok(b) = fs::read(mh.dest("iso").join(name)) {
