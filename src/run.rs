@@ -43,6 +43,10 @@ pub enum RunResult {
     /// The process running it vanished (kill -9, crash, reboot). Such a run
     /// never finished, so it serves no request.
     Died,
+    /// A new snapshot did not verify (a checksum or a signature): nothing
+    /// went live.
+    #[serde(rename = "verify-failed")]
+    VerifyFailed,
 }
 
 impl RunResult {
@@ -53,6 +57,7 @@ impl RunResult {
             RunResult::Timeout => "timeout",
             RunResult::Aborted => "aborted",
             RunResult::Died => "died",
+            RunResult::VerifyFailed => "verify-failed",
         }
     }
 }

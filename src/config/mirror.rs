@@ -55,6 +55,7 @@ pub(super) fn validate_mirror(
     };
 
     let perm = perm_policy(src, &m, owner_uid, reader_gid, &key)?;
+    let publish = super::publish::publish(src, &m, &key)?;
 
     let pattern = |p: &Spanned<String>, k: &str| pattern(src, p, &key(k));
     let exclude = m
@@ -99,6 +100,7 @@ pub(super) fn validate_mirror(
             Some(v) => max_waiting(src, v, &key("max_waiting"))?,
             None => DEFAULT_MAX_WAITING,
         },
+        publish,
     })
 }
 

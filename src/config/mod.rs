@@ -29,6 +29,7 @@ mod mirror;
 mod names;
 mod paths;
 mod perm;
+mod publish;
 mod raw;
 mod verb;
 
@@ -50,6 +51,10 @@ pub use facility::Facility;
 pub use names::{lookup_gid, lookup_uid, valid_name, MirrorName, SUBCOMMANDS};
 pub use paths::sudoers_safe;
 pub use perm::{parse_mode, InvalidPolicy, PermPolicy};
+pub use publish::{
+    Publish, PublishMode, SignatureProgram, SignatureSpec, VerifyMode, DEFAULT_CHECKSUM_FILES,
+    DEFAULT_KEEP,
+};
 pub use verb::{UnknownVerb, Verb};
 
 pub const DEFAULT_PATH: &str = "/etc/syncgate/syncgate.toml";
@@ -129,9 +134,33 @@ pub struct Mirror {
     /// At most this many SSH requests wait for the mirror's lock; one more
     /// is refused at once (exit 75).
     pub max_waiting: u64,
+    /// How changes go live (`publish`, `keep`, `verify`, …).
+    pub publish: Publish,
 }
 
 impl Mirror {
+    /// Where a snapshot-published mirror keeps its snapshots: beside dest,
+    /// `PARENT/.NAME.snapshots` (dest's last component), so a snapshot and
+    /// the `dest` symlink that names it are on one filesystem.
+    pub fn snapshot_root(&self) -> PathBuf {
+        let name = self
+            .dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.dest
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(format!(".{name}.snapshots"))
+    }
+
+    /// The `dest` symlink's target for snapshot `id` (relative to dest's
+    /// parent, so the layout survives a bind mount or a chroot).
+    pub fn snapshot_link_target(&self, id: &str) -> PathBuf {
+        let root = self.snapshot_root();
+        PathBuf::from(root.file_name().unwrap_or_default()).join(id)
+    }
+
     /// The owner, reader group and modes fix-perms enforces on the tree
     /// (validated when the config was loaded).
     pub fn perm_policy(&self) -> PermPolicy {

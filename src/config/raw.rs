@@ -54,6 +54,18 @@ pub(super) struct RawMirror {
     pub max_delete: Option<u64>,
     pub queue_timeout: Option<Spanned<u64>>,
     pub max_waiting: Option<Spanned<u64>>,
+    pub publish: Option<Spanned<String>>,
+    pub keep: Option<Spanned<u64>>,
+    pub verify: Option<Spanned<String>>,
+    pub checksum_files: Option<Vec<Spanned<String>>>,
+    pub verify_signature: Option<RawSignature>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSignature {
+    pub keyring: Spanned<String>,
+    pub program: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
