@@ -114,6 +114,21 @@ pub struct Outcome {
     pub bytes: u64,
     pub files: u64,
     pub deleted: u64,
+    /// With snapshot publishing: which snapshot is live and which are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshots>,
+}
+
+/// A snapshot-published mirror's snapshots after a transfer (the owner
+/// side reports them; state and status show them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshots {
+    /// The live snapshot's id.
+    pub live: String,
+    /// Every snapshot kept (the live one included), oldest first.
+    pub kept: Vec<String>,
+    /// Whether this run built `live` and made it live.
+    pub switched: bool,
 }
 
 impl Outcome {
@@ -133,6 +148,7 @@ impl Outcome {
             bytes,
             files,
             deleted,
+            snapshot: None,
         }
     }
 
@@ -146,6 +162,7 @@ impl Outcome {
             bytes: 0,
             files: 0,
             deleted: 0,
+            snapshot: None,
         }
     }
 }

@@ -133,6 +133,17 @@ fn render(doc: &StatusDoc) -> String {
             )),
             None => out.push_str("  last run: never\n"),
         }
+        if let Some(snap) = m
+            .last_run
+            .as_ref()
+            .and_then(|r| r.outcome.snapshot.as_ref())
+        {
+            out.push_str(&format!(
+                "  snapshot: {} live; kept: {}\n",
+                snap.live,
+                snap.kept.join(" ")
+            ));
+        }
         match m.last_success {
             Some(s) => out.push_str(&format!(
                 "  last success: {} ({} ago)\n",

@@ -36,6 +36,12 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         Command::Check => cmd_check(config),
         Command::Transfer { mirror } => cmd_transfer(config, mirror),
         Command::FixPerms { mirror } => cmd_fix_perms(config, mirror),
+        Command::Rollback { mirror, to } => cmd_rollback(config, mirror, to.as_deref()),
+        Command::OwnerRollback { mirror, to } => {
+            let cfg = Config::load(config)?;
+            let report = crate::owner::rollback(&cfg, mirror, to.as_deref())?;
+            print_report(&report, report.ok)
+        }
     }
 }
 
@@ -159,4 +165,24 @@ fn cmd_fix_perms(config: &Path, mirror: &str) -> Result<()> {
     let cfg = Config::load(config)?;
     let report = crate::owner::fix_perms(&cfg, mirror)?;
     print_report(&report, report.ok)
+}
+
+/// `syncgate rollback MIRROR [--to ID]`: root only (with sudo privilege),
+/// through the mirror's queue like a sync.
+fn cmd_rollback(config: &Path, mirror: &str, to: Option<&str>) -> Result<()> {
+    let cfg = Config::load(config)?;
+    if cfg.privilege == crate::config::Privilege::Sudo && !nix::unistd::geteuid().is_root() {
+        return Err(Error::Usage(
+            "rollback is for root: it changes what every reader sees".into(),
+        ));
+    }
+    signals::install();
+    let req = Requester::new(Trigger::Cli, who_am_i());
+    let mut audit = Audit::open(&cfg.syslog);
+    let mirrors = [mirror.to_string()];
+    audit.record(&Request {
+        req: &req,
+        mirrors: &mirrors,
+    });
+    crate::runner::sync::rollback(&cfg, mirror, to, &req, &mut audit)
 }

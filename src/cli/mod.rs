@@ -97,6 +97,23 @@ pub enum Command {
         /// A mirror name from the config.
         mirror: String,
     },
+    /// Make the previous snapshot of MIRROR live again (root; through the
+    /// mirror's queue, recorded as a run and audited).
+    Rollback {
+        /// A mirror name from the config (publish = "snapshot").
+        mirror: String,
+        /// This snapshot instead of the one before the live one.
+        #[arg(long, value_name = "ID")]
+        to: Option<String>,
+    },
+    /// Owner side of `rollback` (run by it as the image owner; not in the
+    /// sudoers rule).
+    #[command(hide = true)]
+    OwnerRollback {
+        mirror: String,
+        #[arg(long, value_name = "ID")]
+        to: Option<String>,
+    },
     /// Print the man page or a shell completion script (for packaging).
     #[command(hide = true)]
     Generate {

@@ -17,6 +17,8 @@ pub const SUBCOMMANDS: &[&str] = &[
     "check",
     "transfer",
     "fix-perms",
+    "rollback",
+    "owner-rollback",
     "generate",
     "help",
 ];

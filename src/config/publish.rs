@@ -101,7 +101,12 @@ pub const DEFAULT_KEEP: u64 = 2;
 /// A mirror's publishing settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
+    /// See [`Publish::explicit`].
     pub mode: PublishMode,
+    /// Whether the config sets `publish`. When it does not, a mirror whose
+    /// dest's parent the owner cannot write (where no snapshot can be made
+    /// live) is published in place, with a warning (src/owner/snapshot).
+    pub explicit: bool,
     /// Snapshots kept, the live one included (at least 1; 2 allows a rollback).
     pub keep: u64,
     pub verify: VerifyMode,
@@ -114,6 +119,7 @@ impl Default for Publish {
     fn default() -> Self {
         Publish {
             mode: PublishMode::default(),
+            explicit: false,
             keep: DEFAULT_KEEP,
             verify: VerifyMode::default(),
             checksum_files: DEFAULT_CHECKSUM_FILES

@@ -71,11 +71,12 @@ pub struct DestLock {
 }
 
 impl DestLock {
-    /// Opens dest (creating it if missing) without following a symlink,
-    /// makes sure its private directory is there, and locks the lock file
+    /// Opens the mirror's lock directory (dest, or with snapshots the
+    /// snapshot root: [`crate::owner::snapshot::layout::lock_dir`]), creating it if missing, without
+    /// following a symlink, makes sure its private directory is there, and locks the lock file
     /// in it exclusively, waiting up to a minute for an earlier holder.
     pub fn acquire(mirror: &Mirror) -> Result<DestLock> {
-        let dest = &mirror.dest;
+        let dest = &crate::owner::snapshot::layout::lock_dir(mirror);
         if std::fs::symlink_metadata(dest).is_err() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -405,7 +406,7 @@ mod tests {
 
     fn mirror(dest: &Path) -> crate::config::Config {
         let text = format!(
-            "state_dir = \"/var/lib/syncgate\"\nprivilege = \"direct\"\n\n[mirror.m]\nupstream = \"rsync://example.org/m/\"\ndest = \"{}\"\nowner = \"root\"\nreader_group = \"root\"\n",
+            "state_dir = \"/var/lib/syncgate\"\nprivilege = \"direct\"\n\n[mirror.m]\nupstream = \"rsync://example.org/m/\"\ndest = \"{}\"\nowner = \"root\"\nreader_group = \"root\"\npublish = \"two-stage\"\n",
             dest.display()
         );
         crate::config::Config::parse(Path::new("/etc/syncgate/syncgate.toml"), &text).unwrap()

@@ -27,14 +27,16 @@ mod plan;
 mod publish;
 mod report;
 pub mod rsync;
+pub mod snapshot;
 mod staged;
 mod transfer;
 mod trust;
 
-pub use report::{FixPermsReport, Route, TransferReport};
+pub use report::{FixPermsReport, Route, SnapshotInfo, TransferReport};
+pub use snapshot::rollback;
 pub use trust::untrusted_path;
 
-use crate::config::Config;
+use crate::config::{Config, PublishMode};
 use crate::error::Result;
 use crate::owner::dest::DestLock;
 use crate::owner::transfer::Transfer;
@@ -53,7 +55,22 @@ pub fn fix_perms(cfg: &Config, name: &str) -> Result<FixPermsReport> {
     let m = cfg.mirror(name)?;
     trust::check_trust(cfg, m)?;
     let _lock = DestLock::acquire(m)?;
-    Ok(match fixperms::fix_tree(&m.dest, &m.perm_policy()) {
+    // With snapshots, the live one (dest is a symlink to it).
+    let tree = match snapshot::layout::mode(m) {
+        PublishMode::TwoStage => Some(m.dest.clone()),
+        PublishMode::Snapshot => {
+            let live = snapshot::layout::live(m)?;
+            snapshot::layout::live_dir(m, &live)
+        }
+    };
+    let Some(tree) = tree else {
+        return Ok(FixPermsReport {
+            ok: true,
+            message: "nothing published yet".into(),
+            ..Default::default()
+        });
+    };
+    Ok(match fixperms::fix_tree(&tree, &m.perm_policy()) {
         Ok(r) => FixPermsReport {
             ok: true,
             message: format!(

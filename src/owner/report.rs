@@ -17,7 +17,11 @@ pub enum Route {
     Fresh,
     /// The plan found nothing to publish or delete.
     Unchanged,
+    /// A new snapshot, built beside the live one, made live in one step.
+    Snapshot,
 }
+
+pub use crate::run::Snapshots as SnapshotInfo;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TransferReport {
@@ -39,6 +43,13 @@ pub struct TransferReport {
     /// mode and group); the gate then skips the fix-perms step.
     #[serde(default)]
     pub perms_done: bool,
+    /// With snapshots: which is live and which are kept.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotInfo>,
+    /// The new snapshot failed verification (checksums or a signature):
+    /// nothing went live.
+    #[serde(default)]
+    pub verify_failed: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

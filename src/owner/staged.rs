@@ -164,7 +164,7 @@ impl Transfer<'_> {
 }
 
 /// The plan did not finish or failed: nothing changed.
-fn plan_failed(end: RsyncEnd) -> TransferReport {
+pub(super) fn plan_failed(end: RsyncEnd) -> TransferReport {
     let mut report = TransferReport {
         rsync_exit: Some(end.code),
         ..Default::default()
@@ -183,7 +183,7 @@ fn plan_failed(end: RsyncEnd) -> TransferReport {
 }
 
 /// The plan found nothing to publish or delete.
-fn unchanged() -> TransferReport {
+pub(super) fn unchanged() -> TransferReport {
     crate::sys::progress::say(
         "unchanged: the mirror matches upstream; nothing to publish or delete",
     );

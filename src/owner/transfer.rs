@@ -5,12 +5,13 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::config::{Config, Mirror};
+use crate::config::{Config, Mirror, PublishMode};
 use crate::error::{IoContext, Result};
 use crate::owner::dest::{self, DestLock, FRESH_DIR};
 use crate::owner::publish;
 use crate::owner::report::TransferReport;
 use crate::owner::rsync::{run_rsync, RsyncEnd};
+use crate::owner::snapshot::layout::{self, BUILD_DIR};
 
 /// A transfer of one mirror, dest locked: everything its rsync runs share.
 pub struct Transfer<'a> {
@@ -40,6 +41,16 @@ impl<'a> Transfer<'a> {
     /// temp dir, and after a failure the delayed updates it left.
     pub fn run(&self) -> Result<TransferReport> {
         let m = self.mirror;
+        match layout::mode(m) {
+            PublishMode::Snapshot => {
+                dest::prepare_temp_dir(&m.snapshot_root(), Some(BUILD_DIR))?;
+                return self.snapshot();
+            }
+            PublishMode::TwoStage if m.publish.mode == PublishMode::Snapshot => {
+                crate::sys::progress::say(&layout::fallback_warning(m));
+            }
+            PublishMode::TwoStage => {}
+        }
         let fresh = publish::handles(&m.last)
             && publish::is_empty(&m.dest)
                 .context(|| format!("cannot read dest {}", m.dest.display()))?;

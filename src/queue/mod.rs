@@ -52,6 +52,33 @@ pub fn serve(
     audit: &mut Audit,
     run: impl FnOnce(u64) -> Outcome,
 ) -> Result<Served> {
+    serve_as(cfg, sd, mirror, req, caps, audit, true, run)
+}
+
+/// [`serve`] for a request no sync can answer (a rollback): it waits its
+/// turn in the same queue and always runs `run` itself.
+pub fn serve_alone(
+    cfg: &Config,
+    sd: &StateDir,
+    mirror: &Mirror,
+    req: &Requester,
+    audit: &mut Audit,
+    run: impl FnOnce(u64) -> Outcome,
+) -> Result<Served> {
+    serve_as(cfg, sd, mirror, req, None, audit, false, run)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_as(
+    cfg: &Config,
+    sd: &StateDir,
+    mirror: &Mirror,
+    req: &Requester,
+    caps: Option<Caps>,
+    audit: &mut Audit,
+    coalesce: bool,
+    run: impl FnOnce(u64) -> Outcome,
+) -> Result<Served> {
     let name = &mirror.name;
     let lock = LockFile::open(sd, name)?;
     let arrived = Instant::now();
@@ -64,7 +91,7 @@ pub fn serve(
 
     let mut st = load_and_recover(sd, name, audit)?;
 
-    if let Some(i) = st.covering_run(arrival) {
+    if let Some(i) = st.covering_run(arrival).filter(|_| coalesce) {
         st.runs[i].served += 1;
         let record = st.runs[i].clone();
         st.save(sd, name)?;

@@ -45,6 +45,23 @@ pub fn owner_command(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<Stri
     ]
 }
 
+/// The owner side of `syncgate rollback`. Not an [`OwnerVerb`]: the sudoers
+/// rule never grants it; root runs it as the owner (`sudo -u OWNER`, which
+/// root may always do) or, with `privilege = "direct"`, runs it as itself.
+pub const OWNER_ROLLBACK: &str = "owner-rollback";
+
+/// What `syncgate rollback` executes.
+pub fn launch_rollback(cfg: &Config, mirror: &Mirror, to: Option<&str>) -> Vec<String> {
+    let mut v = launch(cfg, mirror, OwnerVerb::Transfer);
+    let n = v.len();
+    v[n - 2] = OWNER_ROLLBACK.into();
+    if let Some(id) = to {
+        v.push("--to".into());
+        v.push(id.into());
+    }
+    v
+}
+
 /// What the gate executes to run an owner-side command.
 pub fn launch(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<String> {
     let inner = owner_command(cfg, mirror, verb);

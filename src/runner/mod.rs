@@ -73,8 +73,20 @@ fn run_owner_step<T: serde::de::DeserializeOwned>(
     deadline: Instant,
 ) -> Step<T> {
     let argv = argv::launch(cfg, m, verb);
+    run_owner_argv(cfg, m, &argv, verb.as_str(), run, started, deadline)
+}
+
+fn run_owner_argv<T: serde::de::DeserializeOwned>(
+    cfg: &Config,
+    m: &Mirror,
+    argv: &[String],
+    what: &str,
+    run: u64,
+    started: Instant,
+    deadline: Instant,
+) -> Step<T> {
     let mut child = match child::spawn(child::Spec {
-        argv: &argv,
+        argv,
         env: vec![],
         own_group: true,
         die_with_parent: true,
@@ -95,7 +107,7 @@ fn run_owner_step<T: serde::de::DeserializeOwned>(
     };
     let fin = match child.wait(Some(deadline), GRACE, &mut w) {
         Ok(f) => f,
-        Err(e) => return Step::NoReport(format!("waiting for {}: {e}", verb.as_str())),
+        Err(e) => return Step::NoReport(format!("waiting for {what}: {e}")),
     };
     match fin.ending {
         Ending::TimedOut => {
@@ -125,7 +137,7 @@ fn run_owner_step<T: serde::de::DeserializeOwned>(
         return Step::Report(report);
     }
     let code = child::code_of(&fin.status);
-    let mut msg = format!("{} exited {code} without a report", verb.as_str());
+    let mut msg = format!("{what} exited {code} without a report");
     if let Some(last) = w.stderr_tail.last() {
         msg.push_str(&format!(": {last}"));
     }
@@ -148,7 +160,14 @@ pub fn execute(cfg: &Config, m: &Mirror, run: u64) -> Outcome {
             Step::NoReport(msg) => return Outcome::failed(RunResult::Failed, msg, None),
         };
     if !t.ok {
-        return Outcome::failed(RunResult::Failed, t.message, t.rsync_exit);
+        let result = if t.verify_failed {
+            RunResult::VerifyFailed
+        } else {
+            RunResult::Failed
+        };
+        let mut o = Outcome::failed(result, t.message, t.rsync_exit);
+        o.snapshot = t.snapshot;
+        return o;
     }
     let s2 = t.stage2.clone().unwrap_or_default();
     let bytes = t.stage1.bytes_transferred + s2.bytes_transferred;
@@ -176,5 +195,28 @@ pub fn execute(cfg: &Config, m: &Mirror, run: u64) -> Outcome {
         }
         format!("{}; permissions: {}", t.message, f.message)
     };
-    Outcome::success(message, t.rsync_exit, bytes, files, deleted)
+    let mut o = Outcome::success(message, t.rsync_exit, bytes, files, deleted);
+    o.snapshot = t.snapshot;
+    o
+}
+
+/// Runs the owner side of a rollback (`to`: a snapshot id, or the one
+/// before the live one). Like [`execute`], never panics.
+pub fn execute_rollback(cfg: &Config, m: &Mirror, run: u64, to: Option<&str>) -> Outcome {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(m.timeout);
+    let argv = argv::launch_rollback(cfg, m, to);
+    let t: TransferReport =
+        match run_owner_argv(cfg, m, &argv, argv::OWNER_ROLLBACK, run, started, deadline) {
+            Step::Report(r) => r,
+            Step::Stopped(result, msg) => return Outcome::failed(result, msg, None),
+            Step::NoReport(msg) => return Outcome::failed(RunResult::Failed, msg, None),
+        };
+    let mut o = if t.ok {
+        Outcome::success(t.message, None, 0, 0, 0)
+    } else {
+        Outcome::failed(RunResult::Failed, t.message, None)
+    };
+    o.snapshot = t.snapshot;
+    o
 }

@@ -88,34 +88,65 @@ pub fn sync(
             key: v.key,
             key_max: cfg.keys.get(v.key).and_then(|k| k.max_waiting),
         });
-        match queue::serve(cfg, &sd, mirror, &req, caps, audit, run) {
-            Ok(s) => {
-                say(&summary(name, &s));
-                audit.record(&Outcome {
-                    req: &req,
-                    mirror: name,
-                    via,
-                    end: End::Served {
-                        record: &s.record,
-                        coalesced: s.coalesced,
-                        queue_wait: s.waited,
-                    },
-                });
-                worst = worst.worst(s.record.exit_code);
-            }
-            Err(e) => {
-                audit.record(&Outcome {
-                    req: &req,
-                    mirror: name,
-                    via,
-                    end: End::Failed(&e),
-                });
-                say(&format!("{name}: {e}"));
-                worst = worst.worst(e.exit());
-            }
-        }
+        let served = queue::serve(cfg, &sd, mirror, &req, caps, audit, run);
+        worst = worst.worst(report(name, &req, via, served, audit));
     }
     match worst {
+        Exit::Ok => Ok(()),
+        worst => Err(Error::SyncFailed(worst)),
+    }
+}
+
+/// Says and audits how one mirror's request ended; its exit code.
+fn report(
+    name: &str,
+    req: &Requester,
+    via: Option<Via>,
+    served: Result<Served>,
+    audit: &mut Audit,
+) -> Exit {
+    match served {
+        Ok(s) => {
+            say(&summary(name, &s));
+            audit.record(&Outcome {
+                req,
+                mirror: name,
+                via,
+                end: End::Served {
+                    record: &s.record,
+                    coalesced: s.coalesced,
+                    queue_wait: s.waited,
+                },
+            });
+            s.record.exit_code
+        }
+        Err(e) => {
+            audit.record(&Outcome {
+                req,
+                mirror: name,
+                via,
+                end: End::Failed(&e),
+            });
+            say(&format!("{name}: {e}"));
+            e.exit()
+        }
+    }
+}
+
+/// `syncgate rollback`: one run, in the mirror's queue, that makes an
+/// older snapshot live (never coalesced with a sync).
+pub fn rollback(
+    cfg: &Config,
+    name: &str,
+    to: Option<&str>,
+    req: &Requester,
+    audit: &mut Audit,
+) -> Result<()> {
+    let mirror = cfg.mirror(name)?;
+    let sd = StateDir::open(&cfg.state_dir)?;
+    let run = |id| crate::runner::execute_rollback(cfg, mirror, id, to);
+    let served = queue::serve_alone(cfg, &sd, mirror, req, audit, run);
+    match report(name, req, None, served, audit) {
         Exit::Ok => Ok(()),
         worst => Err(Error::SyncFailed(worst)),
     }

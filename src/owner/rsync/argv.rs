@@ -2,6 +2,8 @@
 //! the two stages and the probe between them. Each is built here and only
 //! here.
 
+use std::path::Path;
+
 use crate::config::{Config, Mirror, Upstream};
 use crate::owner::dest::{FRESH_DIR, RSYNC_PARTIAL_DIR, TEMP_DIR};
 
@@ -83,6 +85,40 @@ pub fn rsync_plan(cfg: &Config, m: &Mirror) -> Vec<String> {
     v.push("--itemize-changes".into());
     v.push("--info=name1".into());
     endpoints(&mut v, m);
+    v
+}
+
+/// The plan of a snapshot-published mirror: [`rsync_plan`] against the
+/// live snapshot `live`, with `--delete`, so rsync also counts what the new
+/// snapshot would no longer have (its stats' deleted files, checked against
+/// max_delete before anything is built). No `--temp-dir`: a dry run writes
+/// nothing.
+pub fn rsync_snapshot_plan(cfg: &Config, m: &Mirror, live: &Path) -> Vec<String> {
+    let mut v = with_temp_dir(cfg, m, false);
+    v.push("--dry-run".into());
+    v.push("--itemize-changes".into());
+    v.push("--info=name1".into());
+    v.push("--delete".into());
+    v.push(m.upstream.source_arg());
+    v.push(format!("{}/", live.display()));
+    v
+}
+
+/// Building a snapshot: one pass into the private directory `build`, every
+/// file that is unchanged against the live snapshot `live` hard-linked from
+/// it (`--link-dest`: rsync links only a file whose contents, mode, group
+/// and mtime all match, so no shared inode is ever written), the rest
+/// written next to its target and renamed into place, as plain `rsync -a`
+/// does (never `--inplace`). `--delete` clears what an earlier, unfinished
+/// build left that upstream no longer has.
+pub fn rsync_snapshot(cfg: &Config, m: &Mirror, build: &Path, live: Option<&Path>) -> Vec<String> {
+    let mut v = with_temp_dir(cfg, m, false);
+    v.push("--delete".into());
+    if let Some(live) = live {
+        v.push(format!("--link-dest={}", live.display()));
+    }
+    v.push(m.upstream.source_arg());
+    v.push(format!("{}/", build.display()));
     v
 }
 
@@ -176,7 +212,6 @@ pub fn rsync_probe(cfg: &Config, m: &Mirror) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn config() -> Config {
         let text = "state_dir = \"/var/lib/syncgate\"\nprivilege = \"direct\"\n\n[mirror.m]\nupstream = \"rsync://example.org/m/\"\ndest = \"/srv/m\"\nowner = \"root\"\nreader_group = \"root\"\nexclude = [\"*.tmp\"]\nmax_delete = 0\n";
