@@ -172,7 +172,12 @@ pub fn execute(cfg: &Config, m: &Mirror, run: u64) -> Outcome {
     let s2 = t.stage2.clone().unwrap_or_default();
     let bytes = t.stage1.bytes_transferred + s2.bytes_transferred;
     let files = t.stage1.files_transferred + s2.files_transferred;
-    let deleted = s2.files_deleted;
+    // A snapshot deletes nothing: what upstream no longer has is simply
+    // not in the new tree; the plan counted it.
+    let deleted = match t.route {
+        crate::owner::Route::Snapshot => t.plan.as_ref().map_or(0, |p| p.files_deleted),
+        _ => s2.files_deleted,
+    };
     // A first sync fixed its copy before publishing it; an unchanged mirror
     // was just compared entry by entry, mode and group included.
     let message = if t.perms_done {

@@ -229,6 +229,9 @@ pub(super) fn check_dirs(cfg: &Config, r: &mut Report) {
         ),
     }
     for m in cfg.mirrors.values() {
+        if super::layout::check_snapshot_layout(m, r) {
+            continue;
+        }
         match std::fs::symlink_metadata(&m.dest) {
             Ok(md) if md.is_dir() && md.uid() == m.owner_uid && md.gid() == m.reader_gid && md.mode() & 0o7777 == m.dir_mode => {
                 r.ok(format!("mirror {}: dest {} is {}:{} mode {:o}", m.name, m.dest.display(), m.owner, m.reader_group, m.dir_mode))

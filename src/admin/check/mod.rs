@@ -7,6 +7,7 @@
 
 mod accounts;
 pub mod keys;
+mod layout;
 mod programs;
 mod sudo;
 pub mod sudo_grants;

@@ -302,3 +302,118 @@ fn sync_dir(dir: &Path) {
         let _ = d.sync_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mirror(dest: &Path) -> crate::config::Config {
+        let text = format!(
+            "state_dir = \"/var/lib/syncgate\"\nprivilege = \"direct\"\n\n[mirror.m]\nupstream = \"rsync://example.org/m/\"\ndest = \"{}\"\nowner = \"root\"\nreader_group = \"root\"\npublish = \"snapshot\"\n",
+            dest.display()
+        );
+        crate::config::Config::parse(Path::new("/etc/syncgate/syncgate.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn ids_sort_in_the_order_they_were_made() {
+        assert!(is_id("20261203T021530Z"));
+        assert!(is_id("20261203T021530Z.12"));
+        for bad in [
+            "",
+            "20261203T021530",
+            "2026120XT021530Z",
+            "20261203T021530Z.",
+            "20261203T021530Z.x",
+            "../x",
+            ".syncgate-tmp",
+        ] {
+            assert!(!is_id(bad), "{bad:?}");
+        }
+        let t = 1_764_728_130; // 2025-12-03T02:15:30Z
+        let a = next_id(t, &[]);
+        assert_eq!(a, "20251203T021530Z");
+        let b = next_id(t, std::slice::from_ref(&a));
+        assert_eq!(b, "20251203T021530Z.1");
+        let mut taken = vec![a.clone(), b.clone()];
+        for _ in 0..10 {
+            let n = next_id(t, &taken);
+            assert_eq!(cmp_ids(&n, taken.last().unwrap()), Ordering::Greater, "{n}");
+            taken.push(n);
+        }
+        assert_eq!(taken.last().unwrap(), "20251203T021530Z.11");
+        // A clock set back never makes an older-looking id.
+        let back = next_id(t - 3600, &taken);
+        assert_eq!(cmp_ids(&back, taken.last().unwrap()), Ordering::Greater);
+        assert_eq!(next_id(t + 1, &taken), "20251203T021531Z");
+    }
+
+    #[test]
+    fn switch_converts_a_directory_and_then_replaces_the_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("iso");
+        let cfg = mirror(&dest);
+        let m = cfg.mirror("m").unwrap();
+        assert_eq!(live(m).unwrap(), Live::Missing);
+        std::fs::create_dir(&dest).unwrap();
+        assert_eq!(live(m).unwrap(), Live::Dir { empty: true });
+        std::fs::write(dest.join("old.iso"), b"old").unwrap();
+        let was = live(m).unwrap();
+        assert_eq!(was, Live::Dir { empty: false });
+
+        let root = m.snapshot_root();
+        assert_eq!(root, t.path().join(".iso.snapshots"));
+        std::fs::create_dir_all(root.join(TEMP_DIR)).unwrap();
+        std::fs::create_dir(root.join("20261203T000002Z")).unwrap();
+        std::fs::write(root.join("20261203T000002Z/new.iso"), b"new").unwrap();
+        switch(m, "20261203T000002Z", &was, Some("20261203T000001Z")).unwrap();
+        assert_eq!(live(m).unwrap(), Live::Snapshot("20261203T000002Z".into()));
+        assert_eq!(std::fs::read(dest.join("new.iso")).unwrap(), b"new");
+        assert_eq!(
+            std::fs::read_link(&dest).unwrap(),
+            Path::new(".iso.snapshots/20261203T000002Z")
+        );
+        assert_eq!(
+            std::fs::read(root.join("20261203T000001Z/old.iso")).unwrap(),
+            b"old"
+        );
+        assert_eq!(
+            list(&root).unwrap(),
+            ["20261203T000001Z", "20261203T000002Z"]
+        );
+
+        std::fs::create_dir(root.join("20261203T000003Z")).unwrap();
+        let was = live(m).unwrap();
+        switch(m, "20261203T000003Z", &was, None).unwrap();
+        assert_eq!(live(m).unwrap(), Live::Snapshot("20261203T000003Z".into()));
+        assert_eq!(
+            prune(&root, 2, "20261203T000003Z").unwrap(),
+            ["20261203T000002Z", "20261203T000003Z"]
+        );
+        assert!(!root.join("20261203T000001Z").exists());
+        // The live one is kept even when it is not among the newest.
+        std::fs::create_dir(root.join("20261203T000004Z")).unwrap();
+        assert_eq!(
+            prune(&root, 1, "20261203T000003Z").unwrap(),
+            ["20261203T000003Z", "20261203T000004Z"]
+        );
+    }
+
+    #[test]
+    fn a_symlink_syncgate_did_not_make_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("iso");
+        let cfg = mirror(&dest);
+        let m = cfg.mirror("m").unwrap();
+        std::os::unix::fs::symlink("/etc", &dest).unwrap();
+        let e = live(m).unwrap_err().to_string();
+        assert!(e.contains("not to a snapshot"), "{e}");
+        std::fs::remove_file(&dest).unwrap();
+        std::fs::create_dir_all(m.snapshot_root().join("20261203T000001Z")).unwrap();
+        std::os::unix::fs::symlink(".iso.snapshots/../../etc", &dest).unwrap();
+        assert!(live(m).is_err());
+        std::fs::remove_file(&dest).unwrap();
+        std::os::unix::fs::symlink(".iso.snapshots/20261203T000001Z", &dest).unwrap();
+        assert_eq!(live(m).unwrap(), Live::Snapshot("20261203T000001Z".into()));
+    }
+}
