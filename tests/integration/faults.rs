@@ -14,12 +14,11 @@
 //!
 //! Client disconnects while queued or running are covered in `gate.rs`.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,14 +28,16 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::support::check::{audit, summary};
 use crate::support::config::Opts;
 use crate::support::fixture::{Fixture, M};
+use crate::support::host::Tmpfs;
 use crate::support::mirror_host::MirrorHost;
 use crate::support::observer::{sums, Observations, Observer};
-use crate::support::procs::processes_mentioning;
+use crate::support::procs::{processes_mentioning, rsyncs_of};
 use crate::support::{
-    self, bytes, e2e_test, fields, opts, procs, run_ok, stderr, syncgate_bin, wait_until,
-    ChildGuard, Host, Mirrors, RsyncDaemon, SyslogReceiver, Test,
+    self, bytes, e2e_test, fields, opts, procs, stderr, syncgate_bin, wait_until, ChildGuard, Host,
+    Mirrors, RsyncDaemon, SyslogReceiver, Test,
 };
 
 // ---------------------------------------------------------------------------
@@ -92,24 +93,6 @@ impl Rig {
             .run();
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["mirrors"][0].clone()
     }
-}
-
-/// The `n`-th (1-based) audit line of `event`, waiting up to 5 s for it.
-#[track_caller]
-fn audit(log: &SyslogReceiver, event: &str, n: usize) -> BTreeMap<String, String> {
-    log.wait_events(event, n, Duration::from_secs(5))[n - 1].clone()
-}
-
-/// The summary line syncgate prints last for a request (`m: run #N ...`
-/// or `m: served by run #N ...`).
-fn summary<'a>(err: &'a str, mirror: &str) -> &'a str {
-    let head = format!("syncgate: {mirror}: ");
-    err.lines()
-        .rfind(|l| {
-            l.strip_prefix(&head)
-                .is_some_and(|r| r.starts_with("run #") || r.starts_with("served by run #"))
-        })
-        .unwrap_or_else(|| panic!("no summary line for {mirror} in:\n{err}"))
 }
 
 /// Prints the observer's figures and asserts a consistent tree.
@@ -433,34 +416,6 @@ fn a_hung_upstream_is_cut_off_by_io_timeout_or_the_wall_clock_and_leaves_no_rsyn
 // ---------------------------------------------------------------------------
 // 4. Full disk
 
-/// A tmpfs mounted on `target` for the guard's lifetime (namespace only).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(target: &Path, opts: &str) -> Tmpfs {
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-                .arg(target),
-        );
-        Tmpfs(target.to_path_buf())
-    }
-
-    fn remount(&self, opts: &str) {
-        run_ok(
-            Command::new("mount")
-                .args(["-o", &format!("remount,{opts}")])
-                .arg(&self.0),
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// Fills the filesystem of `dir` with `dir/FILLER`; returns its size.
 fn fill(dir: &Path) -> u64 {
     let mut f = fs::File::create(dir.join("FILLER")).unwrap();
@@ -586,18 +541,6 @@ e2e_test! {
 
 // ---------------------------------------------------------------------------
 // 5. Killed gate, killed rsync
-
-/// Processes of this namespace (the pid namespace is the machine's).
-/// This namespace's rsync processes running as `uid`.
-fn rsyncs_of(uid: u32) -> Vec<i32> {
-    let of_uid = procs::pids_of_user(uid);
-    procs::ours(
-        procs::pids_matching("rsync")
-            .into_iter()
-            .filter(|p| of_uid.contains(p))
-            .collect(),
-    )
-}
 
 /// This namespace's processes of `uid` whose command line contains `needle`.
 fn owner_procs(uid: u32, needle: &str) -> Vec<i32> {

@@ -21,3 +21,4 @@ mod hostile;
 mod load;
 mod privilege;
 mod ship;
+mod snapshot;

@@ -1,6 +1,7 @@
 //! Assertions and waits shared by every test file. Each assertion panics
 //! at the caller's line and shows the whole text it looked at.
 
+use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -55,4 +56,23 @@ pub fn assert_eventually(limit: Duration, what: &str, cond: impl FnMut() -> bool
     let took = wait_until(limit, cond);
     assert!(took.is_some(), "{what} within {limit:?}");
     took.unwrap()
+}
+
+/// The `n`-th (1-based) audit line of `event`, waiting up to 5 s for it.
+#[track_caller]
+pub fn audit(log: &super::SyslogReceiver, event: &str, n: usize) -> BTreeMap<String, String> {
+    log.wait_events(event, n, Duration::from_secs(5))[n - 1].clone()
+}
+
+/// The summary line syncgate prints last for a request (`m: run #N ...`
+/// or `m: served by run #N ...`).
+#[track_caller]
+pub fn summary<'a>(err: &'a str, mirror: &str) -> &'a str {
+    let head = format!("syncgate: {mirror}: ");
+    err.lines()
+        .rfind(|l| {
+            l.strip_prefix(&head)
+                .is_some_and(|r| r.starts_with("run #") || r.starts_with("served by run #"))
+        })
+        .unwrap_or_else(|| panic!("no summary line for {mirror} in:\n{err}"))
 }

@@ -49,6 +49,25 @@ pub struct Opts {
     pub file_mode: Option<&'static str>,
     pub dir_mode: Option<&'static str>,
     pub exclude: Vec<&'static str>,
+    /// `publish = "snapshot" | "two-stage"` (unset: snapshots, or in place
+    /// when the owner cannot write dest's parent).
+    pub publish: Option<&'static str>,
+    /// `keep = N`: snapshots kept, the live one included.
+    pub keep: Option<u64>,
+    /// `verify = "changed" | "all" | "off"`.
+    pub verify: Option<&'static str>,
+    /// `checksum_files = [...]` (`Some(vec![])` renders an empty list).
+    pub checksum_files: Option<Vec<&'static str>>,
+    /// `verify_signature = { keyring = "…", program = "…" }`.
+    pub verify_signature: Option<Signature>,
+}
+
+/// The `verify_signature` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    pub keyring: PathBuf,
+    /// `"gpgv"` or `"sqv"` (unset: syncgate's default, gpgv).
+    pub program: Option<&'static str>,
 }
 
 /// No optional settings; chain the setters: `opts().bwlimit(1000)`.
@@ -91,6 +110,40 @@ impl Opts {
     }
     pub fn exclude(mut self, pattern: &'static str) -> Opts {
         self.exclude.push(pattern);
+        self
+    }
+    /// `publish = MODE`: `"snapshot"` or `"two-stage"`.
+    pub fn publish(mut self, mode: &'static str) -> Opts {
+        self.publish = Some(mode);
+        self
+    }
+    pub fn keep(mut self, n: u64) -> Opts {
+        self.keep = Some(n);
+        self
+    }
+    /// `verify = MODE`: `"changed"`, `"all"` or `"off"`.
+    pub fn verify(mut self, mode: &'static str) -> Opts {
+        self.verify = Some(mode);
+        self
+    }
+    /// Adds `pattern` to `checksum_files` (the first call replaces
+    /// syncgate's default list).
+    pub fn checksum_file(mut self, pattern: &'static str) -> Opts {
+        self.checksum_files
+            .get_or_insert_with(Vec::new)
+            .push(pattern);
+        self
+    }
+    /// `verify_signature = { keyring = KEYRING[, program = PROGRAM] }`.
+    pub fn verify_signature(
+        mut self,
+        keyring: impl Into<PathBuf>,
+        program: Option<&'static str>,
+    ) -> Opts {
+        self.verify_signature = Some(Signature {
+            keyring: keyring.into(),
+            program,
+        });
         self
     }
 }
@@ -214,19 +267,41 @@ impl Mirror {
             ("queue_timeout", o.queue_timeout),
             ("max_delete", o.max_delete),
             ("max_waiting", o.max_waiting),
+            ("keep", o.keep),
         ];
         for (key, value) in numbers {
             if let Some(v) = value {
                 writeln!(t, "{key} = {v}").unwrap();
             }
         }
-        for (key, value) in [("file_mode", o.file_mode), ("dir_mode", o.dir_mode)] {
+        let words = [
+            ("file_mode", o.file_mode),
+            ("dir_mode", o.dir_mode),
+            ("publish", o.publish),
+            ("verify", o.verify),
+        ];
+        for (key, value) in words {
             if let Some(v) = value {
                 writeln!(t, "{key} = {}", quoted(v)).unwrap();
             }
         }
         if !o.exclude.is_empty() {
             writeln!(t, "exclude = {}", list(&o.exclude)).unwrap();
+        }
+        if let Some(files) = &o.checksum_files {
+            writeln!(t, "checksum_files = {}", list(files)).unwrap();
+        }
+        if let Some(sig) = &o.verify_signature {
+            let program = sig
+                .program
+                .map(|p| format!(", program = {}", quoted(p)))
+                .unwrap_or_default();
+            writeln!(
+                t,
+                "verify_signature = {{ keyring = {}{program} }}",
+                quoted(sig.keyring.display())
+            )
+            .unwrap();
         }
         t.push('\n');
     }

@@ -366,3 +366,31 @@ pub fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
 }
+
+/// A tmpfs mounted on `target` for the guard's lifetime (namespace only).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(target: &Path, opts: &str) -> Tmpfs {
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+                .arg(target),
+        );
+        Tmpfs(target.to_path_buf())
+    }
+
+    pub fn remount(&self, opts: &str) {
+        run_ok(
+            Command::new("mount")
+                .args(["-o", &format!("remount,{opts}")])
+                .arg(&self.0),
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

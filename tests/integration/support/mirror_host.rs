@@ -20,6 +20,17 @@ pub const OWNER: &str = "mirror";
 pub const READER: &str = "webreader";
 pub const READER_GROUP: &str = "www-data";
 
+/// How dest and its parent are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `srv` root's (0755), each dest a directory `mirror:www-data` 2750.
+    InPlace,
+    /// As an admin sets a host up for snapshots: `srv` is
+    /// `mirror:www-data` 2750 and empty (syncgate creates the dest symlink
+    /// and `.NAME.snapshots` in it).
+    Snapshots,
+}
+
 pub struct MirrorHost {
     pub host: Host,
     pub bin: PathBuf,
@@ -43,8 +54,26 @@ impl MirrorHost {
     }
 
     /// `mirrors`: (name, its optional settings). `keys`: the `[key.*]`
-    /// tables. Each mirror's upstream is `upstream/NAME`.
+    /// tables. Each mirror's upstream is `upstream/NAME`. Dest's parent
+    /// (`srv`) is root's, mode 0755, and each dest a directory of the owner:
+    /// the layout of a mirror published in place (with `publish` unset,
+    /// syncgate falls back to two-stage there, with a warning).
     pub fn with(mirrors: &[(&str, Opts)], keys: &[Key]) -> MirrorHost {
+        MirrorHost::build(mirrors, keys, Layout::InPlace)
+    }
+
+    /// One mirror `iso` laid out for snapshots (see [`Layout::Snapshots`]),
+    /// and the `jenkins` key.
+    pub fn snapshots() -> MirrorHost {
+        MirrorHost::build(&[("iso", opts())], &[Key::jenkins()], Layout::Snapshots)
+    }
+
+    /// [`MirrorHost::with`] laid out for snapshots (see [`Layout::Snapshots`]).
+    pub fn with_snapshots(mirrors: &[(&str, Opts)], keys: &[Key]) -> MirrorHost {
+        MirrorHost::build(mirrors, keys, Layout::Snapshots)
+    }
+
+    fn build(mirrors: &[(&str, Opts)], keys: &[Key], layout: Layout) -> MirrorHost {
         let mut host = Host::new();
         let login = host.add_user(LOGIN, &UserOpts::default());
         let owner = host.add_user(
@@ -81,9 +110,14 @@ impl MirrorHost {
         }
         let srv = host.path("srv");
         fs::create_dir_all(&srv).unwrap();
-        set_mode(&srv, 0o755);
-        for (name, _) in mirrors {
-            make_dest(&srv.join(name), &owner);
+        match layout {
+            Layout::InPlace => {
+                set_mode(&srv, 0o755);
+                for (name, _) in mirrors {
+                    make_dest(&srv.join(name), &owner);
+                }
+            }
+            Layout::Snapshots => make_dest(&srv, &owner),
         }
         let state_dir = host.path("var-lib-syncgate");
         fs::create_dir_all(&state_dir).unwrap();
@@ -194,6 +228,11 @@ impl MirrorHost {
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.host.path(rel)
     }
+
+    /// Dest's parent, where every mirror's dest (and its snapshots) is.
+    pub fn srv(&self) -> PathBuf {
+        self.host.path("srv")
+    }
 }
 
 impl Mirrors for MirrorHost {
@@ -227,7 +266,7 @@ fn mirror(upstream: &Path, srv: &Path, name: &str, opts: Opts) -> Mirror {
 }
 
 /// A dest directory: owner:www-data, mode 2750.
-fn make_dest(d: &Path, owner: &UserInfo) {
+pub fn make_dest(d: &Path, owner: &UserInfo) {
     fs::create_dir_all(d).unwrap();
     nix::unistd::chown(
         d,

@@ -32,8 +32,10 @@ pub mod ns;
 pub mod observer;
 pub mod procs;
 pub mod rsyncd;
+pub mod snapshots;
 pub mod sshd;
 pub mod syslog;
+pub mod tree;
 
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -324,3 +324,19 @@ pub fn processes_mentioning(needle: &Path) -> Vec<(i32, String)> {
     }
     found
 }
+
+/// This namespace's rsync processes running as `uid`.
+pub fn rsyncs_of(uid: u32) -> Vec<i32> {
+    let of_uid = pids_of_user(uid);
+    ours(
+        pids_matching("rsync")
+            .into_iter()
+            .filter(|p| of_uid.contains(p))
+            .collect(),
+    )
+}
+
+/// The parent of `pid` (`None` once it is gone).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    stat(pid).map(|s| s.ppid)
+}
