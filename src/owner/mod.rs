@@ -30,9 +30,11 @@ pub mod rsync;
 mod staged;
 mod transfer;
 mod trust;
+pub mod verify;
 
 pub use report::{FixPermsReport, Route, TransferReport};
 pub use trust::untrusted_path;
+pub use verify::{verify_tree, VerifyFailure, VerifyReport};
 
 use crate::config::Config;
 use crate::error::Result;
