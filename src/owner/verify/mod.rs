@@ -91,7 +91,7 @@ pub fn verify_tree(
         },
         verifier,
         jobs: Jobs::default(),
-        failures: Vec::new(),
+        failures: Failures::default(),
         report: VerifyReport {
             checksum_files: found.len() as u64,
             ..Default::default()
@@ -103,8 +103,10 @@ pub fn verify_tree(
     let hashed = hash::run(run.jobs.into_vec());
     run.report.files_hashed = hashed.files;
     run.report.bytes_hashed = hashed.bytes;
-    run.failures.extend(hashed.failures);
-    match summary(&run.failures) {
+    for f in hashed.failures {
+        run.failures.push(f);
+    }
+    match run.failures.summary() {
         None => Ok(run.report),
         Some(message) => Err(fail(message)),
     }
@@ -125,7 +127,7 @@ struct Run<'a> {
     live: Option<&'a Path>,
     verifier: Option<Verifier>,
     jobs: Jobs,
-    failures: Vec<String>,
+    failures: Failures,
     report: VerifyReport,
 }
 
@@ -197,18 +199,34 @@ impl Run<'_> {
     }
 }
 
-/// The failure message for `failures`, if there are any.
-fn summary(failures: &[String]) -> Option<String> {
-    match failures {
-        [] => None,
-        [one] => Some(one.clone()),
-        all => {
-            let mut m = format!("{} problems: ", all.len());
-            m.push_str(&all[..all.len().min(SHOWN_FAILURES)].join("; "));
-            if all.len() > SHOWN_FAILURES {
-                m.push_str(&format!("; and {} more", all.len() - SHOWN_FAILURES));
+/// The problems found: the first [`SHOWN_FAILURES`] spelled out, the rest
+/// only counted (a hostile checksum file may list millions of names).
+#[derive(Default)]
+struct Failures {
+    shown: Vec<String>,
+    count: usize,
+}
+
+impl Failures {
+    fn push(&mut self, f: String) {
+        if self.shown.len() < SHOWN_FAILURES {
+            self.shown.push(f);
+        }
+        self.count += 1;
+    }
+
+    /// The failure message, if there is anything wrong.
+    fn summary(&self) -> Option<String> {
+        match self.count {
+            0 => None,
+            1 => Some(self.shown.join("")),
+            n => {
+                let mut m = format!("{n} problems: {}", self.shown.join("; "));
+                if n > self.shown.len() {
+                    m.push_str(&format!("; and {} more", n - self.shown.len()));
+                }
+                Some(m)
             }
-            Some(m)
         }
     }
 }

@@ -318,3 +318,39 @@ fn patterns_the_temp_dir_and_many_failures() {
     assert!(m.starts_with("8 problems: deep/er/m0: listed in"), "{m}");
     assert!(m.ends_with("; and 3 more"), "{m}");
 }
+
+/// Hashing speed on one 512 MiB file (page-cached), SHA-256 then SHA-512:
+/// `cargo test --release --lib throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: writes 512 MiB"]
+fn throughput() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    let mut f = fs::File::create(t.path().join("big.iso")).unwrap();
+    let chunk: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
+    let mut h256 = Sha256::new();
+    let mut h512 = Sha512::new();
+    for _ in 0..512 {
+        f.write_all(&chunk).unwrap();
+        h256.update(&chunk);
+        h512.update(&chunk);
+    }
+    drop(f);
+    let (a, b) = (hex(&h256.finalize()), hex(&h512.finalize()));
+    for (name, line) in [
+        ("SHA256SUMS", format!("{a}  big.iso\n")),
+        ("SHA512SUMS", format!("{b}  big.iso\n")),
+    ] {
+        let _ = fs::remove_file(t.path().join("SHA256SUMS"));
+        let _ = fs::remove_file(t.path().join("SHA512SUMS"));
+        write(t.path(), name, line.as_bytes());
+        let start = std::time::Instant::now();
+        let r = verify_tree(t.path(), None, &Publish::default()).unwrap();
+        let s = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{name}: {} bytes in {s:.3} s = {:.0} MiB/s",
+            r.bytes_hashed,
+            r.bytes_hashed as f64 / s / 1048576.0
+        );
+    }
+}
