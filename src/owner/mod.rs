@@ -31,10 +31,12 @@ pub mod snapshot;
 mod staged;
 mod transfer;
 mod trust;
+pub mod verify;
 
 pub use report::{FixPermsReport, Route, SnapshotInfo, TransferReport};
 pub use snapshot::rollback;
 pub use trust::untrusted_path;
+pub use verify::{verify_tree, VerifyFailure, VerifyReport};
 
 use crate::config::{Config, PublishMode};
 use crate::error::Result;

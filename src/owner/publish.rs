@@ -65,7 +65,7 @@ fn may_be_last(name: &OsStr, last: &[String]) -> bool {
 /// rsync's wildcards within one name: `*` (any run), `?` (any byte), `[…]`
 /// (a class, `!` or `^` negates, `a-z` ranges), `\` (the next byte as is).
 /// An unterminated class matches its `[` literally.
-fn glob(p: &[u8], n: &[u8]) -> bool {
+pub(crate) fn glob(p: &[u8], n: &[u8]) -> bool {
     // Iterative, with one backtrack point for the last `*` (linear enough
     // for names, no recursion).
     let (mut pi, mut ni) = (0, 0);
