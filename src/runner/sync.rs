@@ -28,10 +28,10 @@ fn summary(name: &str, s: &Served) -> String {
         ),
         _ => format!(
             "{name}: {how} {} after {took}: {}{}",
-            if r.result == RunResult::Failed {
-                "FAILED"
-            } else {
-                r.result.as_str()
+            match r.result {
+                RunResult::Failed => "FAILED",
+                RunResult::VerifyFailed => "FAILED verification",
+                other => other.as_str(),
             },
             r.message,
             r.rsync_exit

@@ -739,7 +739,6 @@ e2e_test! {
     /// exit 1, the audit outcome is `verify-failed`, dest still names the
     /// old snapshot, and the message names the file and both hashes; the
     /// failed build is removed, so the next run checks again.
-    #[ignore = "needs src/owner/verify (wt-verify)"]
     fn a_release_whose_checksums_do_not_match_never_goes_live() {
         let mh = MirrorHost::snapshots();
         let dest = mh.dest("iso");
@@ -834,7 +833,6 @@ e2e_test! {
     /// carries a good detached signature (`SHA256SUMS.gpg`) goes live; one
     /// whose SHA256SUMS was changed after signing fails as
     /// `verify-failed` and dest keeps the signed release.
-    #[ignore = "needs src/owner/verify (wt-verify)"]
     fn a_release_with_a_bad_signature_never_goes_live() {
         let mut mh = MirrorHost::snapshots();
         let dest = mh.dest("iso");
@@ -863,5 +861,16 @@ e2e_test! {
         assert_eq!((o["result"].as_str(), o["exit"].as_str()), ("verify-failed", "1"), "{o:?}");
         assert_serves(&dest, &id1, &s1);
         assert_eq!(ids(&dest), vec![id1]);
+        stop_gpg_agent(&gnupg);
     }
+}
+
+/// gpg starts an agent that would outlive the test: stop it.
+fn stop_gpg_agent(home: &Path) {
+    support::run_ok(
+        std::process::Command::new(support::require_tool("gpgconf"))
+            .arg("--homedir")
+            .arg(home)
+            .args(["--kill", "all"]),
+    );
 }

@@ -28,6 +28,7 @@ pub use rollback::rollback;
 
 use std::path::{Path, PathBuf};
 
+use crate::config::VerifyMode;
 use crate::error::{IoContext, Result};
 use crate::owner::dest::TEMP_DIR;
 use crate::owner::fixperms;
@@ -35,6 +36,7 @@ use crate::owner::report::{transferred, Route, SnapshotInfo, TransferReport};
 use crate::owner::rsync::argv;
 use crate::owner::staged::{plan_failed, unchanged};
 use crate::owner::transfer::Transfer;
+use crate::owner::verify::verify_tree;
 
 use layout::{Live, BUILD_DIR};
 
@@ -173,8 +175,41 @@ impl Transfer<'_> {
         live: Option<&Path>,
         report: &mut TransferReport,
     ) -> Result<bool> {
-        let _ = (build, live, report);
-        Ok(true)
+        let p = &self.mirror.publish;
+        if p.verify == VerifyMode::Off {
+            crate::sys::progress::say("verify = \"off\": the new snapshot goes live unchecked");
+            return Ok(true);
+        }
+        match verify_tree(build, live, p) {
+            Ok(v) => {
+                crate::sys::progress::say(&format!(
+                    "verified: {} checksum file(s), {} file(s) hashed ({} bytes){}",
+                    v.checksum_files,
+                    v.files_hashed,
+                    v.bytes_hashed,
+                    if p.signature.is_some() {
+                        format!(", {} signature(s)", v.signatures)
+                    } else {
+                        String::new()
+                    }
+                ));
+                Ok(true)
+            }
+            Err(e) => {
+                // Nothing it brought is trusted later without being checked
+                // again: the next run starts the build afresh.
+                let removed = layout::remove_any(build);
+                report.verify_failed = true;
+                report.message = format!(
+                    "the new snapshot failed verification, nothing went live: {e}{}",
+                    match removed {
+                        Ok(()) => String::new(),
+                        Err(e) => format!(" (and its build could not be removed: {e})"),
+                    }
+                );
+                Ok(false)
+            }
+        }
     }
 
     /// Renames the build to a new id in the root and makes it live.
