@@ -62,6 +62,42 @@ impl RunResult {
     }
 }
 
+/// How much of a sync a request asks for, in the words of Debian's push
+/// protocol (`sync:stage1`, `sync:stage2`, `sync:all`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Everything, published (`sync`, `sync:all`).
+    #[default]
+    All,
+    /// Everything but publishing: in place, all but the last files and no
+    /// deletions; with snapshots, the new snapshot built and verified but
+    /// not switched.
+    Stage1,
+    /// Publishing: a full sync that finds stage 1's work done.
+    Stage2,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::All, Stage::Stage1, Stage::Stage2];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::All => "all",
+            Stage::Stage1 => "stage1",
+            Stage::Stage2 => "stage2",
+        }
+    }
+
+    /// Whether a run that did `did` serves a request that asked for this.
+    pub fn served_by(self, did: Stage) -> bool {
+        match self {
+            Stage::Stage1 => true,
+            Stage::All | Stage::Stage2 => did != Stage::Stage1,
+        }
+    }
+}
+
 /// Who asked, for state, status and the audit trail.
 #[derive(Debug, Clone)]
 pub struct Requester {
