@@ -89,6 +89,19 @@ impl Stage {
         }
     }
 
+    pub fn is_all(&self) -> bool {
+        *self == Stage::All
+    }
+
+    /// What a run started for a request asking this does: stage 1 only, or
+    /// everything (stage 2 is a full sync that finds stage 1's work done).
+    pub fn run_does(self) -> Stage {
+        match self {
+            Stage::Stage1 => Stage::Stage1,
+            Stage::All | Stage::Stage2 => Stage::All,
+        }
+    }
+
     /// Whether a run that did `did` serves a request that asked for this.
     pub fn served_by(self, did: Stage) -> bool {
         match self {
@@ -106,6 +119,8 @@ pub struct Requester {
     pub request: String,
     /// `user=root`, or `key=jenkins client=192.0.2.7:51234`.
     pub who: String,
+    /// What it asks for (a push's `sync:stage1`, or everything).
+    pub stage: Stage,
 }
 
 impl Requester {
@@ -114,6 +129,7 @@ impl Requester {
             trigger,
             request: format!("r{}-{}", now(), std::process::id()),
             who,
+            stage: Stage::All,
         }
     }
 
@@ -135,6 +151,9 @@ pub struct Running {
     pub request: String,
     pub requester: String,
     pub started: u64,
+    /// What the run does: [`Stage::Stage1`] or everything ([`Stage::All`]).
+    #[serde(default, skip_serializing_if = "Stage::is_all")]
+    pub stage: Stage,
 }
 
 /// How one run ended: what the runner hands back to the queue, which
@@ -218,6 +237,9 @@ pub struct RunRecord {
     pub outcome: Outcome,
     /// Requests that got this run's result (the one that ran it included).
     pub served: u64,
+    /// What the run did: stage 1 only, or everything.
+    #[serde(default, skip_serializing_if = "Stage::is_all")]
+    pub stage: Stage,
 }
 
 impl RunRecord {
@@ -232,6 +254,7 @@ impl RunRecord {
             ended: now(),
             outcome,
             served,
+            stage: running.stage,
         }
     }
 }

@@ -336,6 +336,7 @@ mod tests {
             trigger: Trigger::Ssh,
             request: "r1-2".into(),
             who: "key=jenkins client=192.0.2.7:51234".into(),
+            stage: crate::run::Stage::All,
         }
     }
 
@@ -376,6 +377,7 @@ mod tests {
             ended: 142,
             outcome: RunOutcome::failed(RunResult::Failed, "rsync exited 23".into(), Some(23)),
             served: 1,
+            stage: crate::run::Stage::All,
         };
         let req = req();
         let o = Outcome {

@@ -12,7 +12,7 @@ use crate::cli::{generate, Cli, CliTrigger, Command};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::gate::policy;
-use crate::run::{Requester, Trigger};
+use crate::run::{Requester, Stage, Trigger};
 use crate::sys::{progress, signals};
 
 /// Runs the command the command line names.
@@ -34,7 +34,8 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         Command::Status { mirror, json } => cmd_status(config, mirror.as_deref(), *json),
         Command::Sudoers { install } => cmd_sudoers(config, *install),
         Command::Check => cmd_check(config),
-        Command::Transfer { mirror } => cmd_transfer(config, mirror),
+        Command::Transfer { mirror } => cmd_transfer(config, mirror, Stage::All),
+        Command::Prepare { mirror } => cmd_transfer(config, mirror, Stage::Stage1),
         Command::FixPerms { mirror } => cmd_fix_perms(config, mirror),
         Command::Rollback { mirror, to } => cmd_rollback(config, mirror, to.as_deref()),
         Command::OwnerRollback { mirror, to } => {
@@ -153,10 +154,10 @@ fn cmd_check(config: &Path) -> Result<()> {
     }
 }
 
-/// `syncgate transfer MIRROR` (owner side).
-fn cmd_transfer(config: &Path, mirror: &str) -> Result<()> {
+/// `syncgate transfer MIRROR` and `syncgate prepare MIRROR` (owner side).
+fn cmd_transfer(config: &Path, mirror: &str, stage: Stage) -> Result<()> {
     let cfg = Config::load(config)?;
-    let report = crate::owner::transfer(&cfg, mirror)?;
+    let report = crate::owner::transfer(&cfg, mirror, stage)?;
     print_report(&report, report.ok)
 }
 

@@ -92,6 +92,12 @@ pub enum Command {
         /// A mirror name from the config.
         mirror: String,
     },
+    /// Owner side: stage 1 of a push (everything but publishing; run by the
+    /// gate, through sudo).
+    Prepare {
+        /// A mirror name from the config.
+        mirror: String,
+    },
     /// Owner side: enforce owner, reader group and modes on MIRROR's tree.
     FixPerms {
         /// A mirror name from the config.

@@ -16,6 +16,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "sudoers",
     "check",
     "transfer",
+    "prepare",
     "fix-perms",
     "rollback",
     "owner-rollback",

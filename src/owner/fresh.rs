@@ -14,7 +14,9 @@ use crate::owner::{fixperms, publish};
 impl Transfer<'_> {
     /// A first sync into an empty dest: one rsync pass into a private
     /// staging copy, fix-perms on that copy, then [`publish::publish`].
-    pub fn fresh(&self) -> Result<TransferReport> {
+    /// With `stage1`, the copy is made and fixed but not published (the
+    /// next full transfer resumes it and publishes it).
+    pub fn fresh(&self, stage1: bool) -> Result<TransferReport> {
         let m = self.mirror;
         let mut report = TransferReport {
             route: Route::Fresh,
@@ -50,6 +52,18 @@ impl Transfer<'_> {
                 return Ok(report);
             }
         };
+        if stage1 {
+            crate::sys::progress::say(&format!(
+                "stage 1: the first copy is complete in {} (private; permissions: {} entries checked, {} repaired); stage 2 publishes it",
+                staging.display(),
+                fixed.entries,
+                fixed.changed
+            ));
+            report.ok = true;
+            report.perms_done = true;
+            report.message = "stage 1: first copy complete, not yet published".into();
+            return Ok(report);
+        }
         // rsync gave the copy's root upstream's mtime; dest gets it after the
         // renames, as a two-stage sync would have left it.
         let root_mtime = File::open(&staging).ok().and_then(|d| mtime_of(&d));

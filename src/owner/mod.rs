@@ -42,14 +42,16 @@ use crate::config::{Config, PublishMode};
 use crate::error::Result;
 use crate::owner::dest::DestLock;
 use crate::owner::transfer::Transfer;
+use crate::run::Stage;
 
 /// `syncgate transfer MIRROR`: the plan and the stages, or a first sync.
-pub fn transfer(cfg: &Config, name: &str) -> Result<TransferReport> {
+/// With [`Stage::Stage1`] (`prepare`), everything but publishing.
+pub fn transfer(cfg: &Config, name: &str, stage: Stage) -> Result<TransferReport> {
     let m = cfg.mirror(name)?;
     trust::check_trust(cfg, m)?;
     let cut = lifeline::watch_lifeline();
     crate::sys::signals::install();
-    Transfer::begin(cfg, m, cut)?.run()
+    Transfer::begin(cfg, m, cut)?.run(stage)
 }
 
 /// `syncgate fix-perms MIRROR`: verify and repair owner, group and modes.

@@ -26,7 +26,10 @@ enum Plan {
 
 impl Transfer<'_> {
     /// The plan, then the stages that are needed.
-    pub fn staged(&self) -> Result<TransferReport> {
+    ///
+    /// With `stage1`, only stage 1 (a push's stage 1: no last file, no
+    /// deletion).
+    pub fn staged(&self, stage1: bool) -> Result<TransferReport> {
         let mut report = TransferReport::default();
         match self.plan()? {
             Plan::Failed(end) => return Ok(plan_failed(end)),
@@ -34,6 +37,14 @@ impl Transfer<'_> {
             Plan::Changed(stats) => report.plan = Some(stats),
         }
         if !self.stage1(&mut report)? {
+            return Ok(report);
+        }
+        if stage1 {
+            crate::sys::progress::say(
+                "stage 1 done: checksum files, markers and deletions wait for stage 2",
+            );
+            report.ok = true;
+            report.message = format!("stage 1 {}", transferred(report.rsync_exit));
             return Ok(report);
         }
         let pending = report.stage1.deletes_skipped;

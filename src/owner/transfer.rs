@@ -12,6 +12,7 @@ use crate::owner::publish;
 use crate::owner::report::TransferReport;
 use crate::owner::rsync::{run_rsync, RsyncEnd};
 use crate::owner::snapshot::layout::{self, BUILD_DIR};
+use crate::run::Stage;
 
 /// A transfer of one mirror, dest locked: everything its rsync runs share.
 pub struct Transfer<'a> {
@@ -39,12 +40,16 @@ impl<'a> Transfer<'a> {
 
     /// Takes the route that fits dest, then clears up after it: rsync's
     /// temp dir, and after a failure the delayed updates it left.
-    pub fn run(&self) -> Result<TransferReport> {
+    ///
+    /// `stage`: [`Stage::Stage1`] does everything but publishing (a push's
+    /// stage 1); anything else does everything.
+    pub fn run(&self, stage: Stage) -> Result<TransferReport> {
+        let stage1 = stage == Stage::Stage1;
         let m = self.mirror;
         match layout::mode(m) {
             PublishMode::Snapshot => {
                 dest::prepare_temp_dir(&m.snapshot_root(), Some(BUILD_DIR))?;
-                return self.snapshot();
+                return self.snapshot(stage1);
             }
             PublishMode::TwoStage if m.publish.mode == PublishMode::Snapshot => {
                 crate::sys::progress::say(&layout::fallback_warning(m));
@@ -58,7 +63,11 @@ impl<'a> Transfer<'a> {
         let before = self.lock.mtime();
         dest::prepare_temp_dir(&m.dest, fresh.then_some(FRESH_DIR))?;
         self.lock.set_mtime(before);
-        let result = if fresh { self.fresh() } else { self.staged() };
+        let result = if fresh {
+            self.fresh(stage1)
+        } else {
+            self.staged(stage1)
+        };
         if !matches!(&result, Ok(r) if r.ok) {
             let n = dest::remove_delayed_updates(&m.dest);
             if n > 0 {

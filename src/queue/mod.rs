@@ -91,7 +91,7 @@ fn serve_as(
 
     let mut st = load_and_recover(sd, name, audit)?;
 
-    if let Some(i) = st.covering_run(arrival).filter(|_| coalesce) {
+    if let Some(i) = st.covering_run(arrival, req.stage).filter(|_| coalesce) {
         st.runs[i].served += 1;
         let record = st.runs[i].clone();
         st.save(sd, name)?;
@@ -110,6 +110,7 @@ fn serve_as(
         request: req.request.clone(),
         requester: req.who.clone(),
         started: state::now(),
+        stage: req.stage.run_does(),
     };
     let id = running.run;
     st.last_started = id;

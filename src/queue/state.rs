@@ -9,7 +9,7 @@ use crate::queue::statedir::{Read, StateDir};
 /// How many finished runs are kept.
 pub const HISTORY: usize = 100;
 
-pub use crate::run::{now, Outcome, Requester, RunRecord, RunResult, Running, Trigger};
+pub use crate::run::{now, Outcome, Requester, RunRecord, RunResult, Running, Stage, Trigger};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MirrorState {
@@ -75,10 +75,10 @@ impl MirrorState {
     /// The first finished run that started after `arrival` (the value of
     /// `last_started` when the request arrived). Runs that died never
     /// finished and do not count.
-    pub fn covering_run(&self, arrival: u64) -> Option<usize> {
+    pub fn covering_run(&self, arrival: u64, want: Stage) -> Option<usize> {
         self.runs
             .iter()
-            .position(|r| r.run > arrival && r.result != RunResult::Died)
+            .position(|r| r.run > arrival && r.result != RunResult::Died && want.served_by(r.stage))
     }
 
     pub fn push(&mut self, rec: RunRecord) {
@@ -119,6 +119,7 @@ mod tests {
                 ..Outcome::failed(result, String::new(), None)
             },
             served: 1,
+            stage: Stage::All,
         }
     }
 
@@ -186,18 +187,32 @@ mod tests {
         let mut s = MirrorState::default();
         s.push(rec(1, RunResult::Success));
         s.push(rec(2, RunResult::Failed));
-        assert_eq!(s.covering_run(0), Some(0));
-        assert_eq!(s.covering_run(1), Some(1));
-        assert_eq!(s.covering_run(2), None);
+        assert_eq!(s.covering_run(0, Stage::All), Some(0));
+        assert_eq!(s.covering_run(1, Stage::All), Some(1));
+        assert_eq!(s.covering_run(2, Stage::All), None);
+    }
+
+    #[test]
+    fn a_stage_1_run_serves_only_stage_1_requests() {
+        let mut s = MirrorState::default();
+        let mut r = rec(1, RunResult::Success);
+        r.stage = Stage::Stage1;
+        s.push(r);
+        s.push(rec(2, RunResult::Success));
+        assert_eq!(s.covering_run(0, Stage::Stage1), Some(0));
+        assert_eq!(s.covering_run(0, Stage::All), Some(1));
+        assert_eq!(s.covering_run(0, Stage::Stage2), Some(1));
+        assert_eq!(s.covering_run(1, Stage::Stage1), Some(1));
+        assert_eq!(s.covering_run(2, Stage::Stage2), None);
     }
 
     #[test]
     fn a_run_that_died_covers_nobody() {
         let mut s = MirrorState::default();
         s.push(rec(3, RunResult::Died));
-        assert_eq!(s.covering_run(2), None);
+        assert_eq!(s.covering_run(2, Stage::All), None);
         s.push(rec(4, RunResult::Timeout));
-        assert_eq!(s.covering_run(2), Some(1));
+        assert_eq!(s.covering_run(2, Stage::All), Some(1));
     }
 
     #[test]

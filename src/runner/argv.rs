@@ -5,8 +5,10 @@
 //! cannot disagree.
 //!
 //! The privileged boundary is deliberately narrow: the login account may run
-//! only `syncgate --config CONFIG transfer MIRROR` and
-//! `syncgate --config CONFIG fix-perms MIRROR` as the mirror's owner. Those
+//! only `syncgate --config CONFIG transfer MIRROR`,
+//! `syncgate --config CONFIG prepare MIRROR` (a push's stage 1: a subset of
+//! transfer) and `syncgate --config CONFIG fix-perms MIRROR` as the mirror's
+//! owner. Those
 //! take nothing but a mirror name and read everything else (upstream, dest,
 //! modes, excludes) from the root-owned config, so no argument the caller
 //! controls reaches rsync, and no other split of the space-joined string
@@ -20,15 +22,18 @@ pub const SUDO: &str = "/usr/bin/sudo";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnerVerb {
     Transfer,
+    /// Stage 1 of a push: everything but publishing.
+    Prepare,
     FixPerms,
 }
 
 impl OwnerVerb {
-    pub const ALL: [OwnerVerb; 2] = [OwnerVerb::Transfer, OwnerVerb::FixPerms];
+    pub const ALL: [OwnerVerb; 3] = [OwnerVerb::Transfer, OwnerVerb::Prepare, OwnerVerb::FixPerms];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             OwnerVerb::Transfer => "transfer",
+            OwnerVerb::Prepare => "prepare",
             OwnerVerb::FixPerms => "fix-perms",
         }
     }

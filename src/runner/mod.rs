@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Mirror, Privilege};
 use crate::owner::{FixPermsReport, TransferReport};
-use crate::run::{Outcome, RunResult};
+use crate::run::{Outcome, RunResult, Stage};
 use crate::runner::argv::OwnerVerb;
 use crate::sys::child::{self, Ending, Stream, Watcher};
 use crate::sys::progress::{human_secs, say};
@@ -149,16 +149,20 @@ fn run_owner_argv<T: serde::de::DeserializeOwned>(
 
 /// Runs the sync. Never panics on child trouble: every way it can end is an
 /// [`Outcome`] with a message.
-pub fn execute(cfg: &Config, m: &Mirror, run: u64) -> Outcome {
+/// `stage`: what the run does ([`Stage::Stage1`]: `prepare`, else `transfer`).
+pub fn execute(cfg: &Config, m: &Mirror, run: u64, stage: Stage) -> Outcome {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(m.timeout);
 
-    let t: TransferReport =
-        match run_owner_step(cfg, m, OwnerVerb::Transfer, run, started, deadline) {
-            Step::Report(r) => r,
-            Step::Stopped(result, msg) => return Outcome::failed(result, msg, None),
-            Step::NoReport(msg) => return Outcome::failed(RunResult::Failed, msg, None),
-        };
+    let verb = match stage.run_does() {
+        Stage::Stage1 => OwnerVerb::Prepare,
+        _ => OwnerVerb::Transfer,
+    };
+    let t: TransferReport = match run_owner_step(cfg, m, verb, run, started, deadline) {
+        Step::Report(r) => r,
+        Step::Stopped(result, msg) => return Outcome::failed(result, msg, None),
+        Step::NoReport(msg) => return Outcome::failed(RunResult::Failed, msg, None),
+    };
     if !t.ok {
         let result = if t.verify_failed {
             RunResult::VerifyFailed

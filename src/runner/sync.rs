@@ -83,7 +83,7 @@ pub fn sync(
         } else {
             base.clone()
         };
-        let run = |id| crate::runner::execute(cfg, mirror, id);
+        let run = |id| crate::runner::execute(cfg, mirror, id, req.stage);
         let caps = via.map(|v| Caps {
             key: v.key,
             key_max: cfg.keys.get(v.key).and_then(|k| k.max_waiting),

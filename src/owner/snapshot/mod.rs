@@ -42,7 +42,11 @@ use layout::{Live, BUILD_DIR};
 
 impl Transfer<'_> {
     /// The snapshot route (see the module docs).
-    pub fn snapshot(&self) -> Result<TransferReport> {
+    ///
+    /// With `stage1`, the new snapshot is built and verified but not made
+    /// live (a push's stage 1); the next full transfer finds it built and
+    /// switches.
+    pub fn snapshot(&self, stage1: bool) -> Result<TransferReport> {
         let m = self.mirror;
         let root = m.snapshot_root();
         // The root must let the reader group through to the snapshots.
@@ -84,6 +88,19 @@ impl Transfer<'_> {
             fixed.entries, fixed.changed, fixed.removed
         ));
         if !self.verify(&build, live_dir.as_deref(), &mut report)? {
+            return Ok(report);
+        }
+        if stage1 {
+            crate::sys::progress::say(
+                "stage 1: the new snapshot is built and verified; stage 2 makes it live",
+            );
+            report.ok = true;
+            report.perms_done = true;
+            report.message = format!(
+                "stage 1: snapshot built and verified, not yet live ({})",
+                transferred(report.rsync_exit)
+            );
+            report.snapshot = info(&root, &was, false);
             return Ok(report);
         }
         let id = self.go_live(&root, &build, &was)?;

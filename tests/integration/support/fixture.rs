@@ -54,15 +54,8 @@ impl Fixture {
         f
     }
 
-    /// The fixture's paths in `dir`; nothing is created or written. The
-    /// fixture tests the in-place route (`publish = "two-stage"`) unless
-    /// `opts` names one: its dest's parent is writable, so syncgate's
-    /// default would be snapshots (tests/integration/snapshot.rs covers
-    /// those, with real accounts).
-    pub fn in_dir(dir: TempDir, mut opts: Opts) -> Fixture {
-        if opts.publish.is_none() {
-            opts = opts.publish("two-stage");
-        }
+    /// The fixture's paths in `dir`; nothing is created or written.
+    pub fn in_dir(dir: TempDir, opts: Opts) -> Fixture {
         let upstream = dir.path().join("upstream");
         let dest = dir.path().join("dest");
         let state = dir.path().join("state");
@@ -126,6 +119,12 @@ impl Fixture {
 }
 
 impl Mirrors for Fixture {
+    /// The fixture tests the in-place route unless a test names one: its
+    /// dest's parent is writable, so syncgate's default would be snapshots
+    /// (tests/integration/snapshot.rs covers those, with real accounts).
+    fn default_publish(&self) -> Option<&'static str> {
+        Some("two-stage")
+    }
     fn cfg(&self) -> &Config {
         &self.cfg
     }

@@ -24,10 +24,22 @@ pub trait Mirrors {
     /// names an rsync daemon serving it).
     fn upstream_dir(&self, mirror: &str) -> PathBuf;
 
+    /// The `publish` a mirror gets when its opts leave it unset (`None`:
+    /// syncgate's own default).
+    fn default_publish(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Writes the config file (mode 0644).
     fn write_config(&self) {
         let path = self.config_path();
-        fs::write(path, self.cfg().render()).unwrap();
+        let mut cfg = self.cfg().clone();
+        for m in &mut cfg.mirrors {
+            if m.opts.publish.is_none() {
+                m.opts.publish = self.default_publish();
+            }
+        }
+        fs::write(path, cfg.render()).unwrap();
         fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
     }
 
