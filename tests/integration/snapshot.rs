@@ -874,3 +874,62 @@ fn stop_gpg_agent(home: &Path) {
             .args(["--kill", "all"]),
     );
 }
+
+// ---------------------------------------------------------------------------
+// Debian's push stages (`sync:stage1`, then `sync:stage2`)
+
+e2e_test! {
+    /// With snapshots, `sync:stage1` builds and verifies the new release
+    /// but does not make it live; `sync:stage2` does, in its own run (a
+    /// stage-1 run never serves a request for everything).
+    fn a_stage_1_push_builds_the_snapshot_and_stage_2_makes_it_live() {
+        let mh = MirrorHost::snapshots();
+        let dest = mh.dest("iso");
+        let s1 = small_release(&mh, 1, &[]);
+        sync_ok(&mh);
+        let id1 = live_id(&dest);
+
+        let s2 = small_release(&mh, 2, &[]);
+        let err = stderr(&mh.ssh(Some("sync:stage1")).status(0).run());
+        support::assert_contains(&err, "stage 2 makes it live");
+        assert_eq!(live_id(&dest), id1, "stage 1 switched: {err}");
+        assert_eq!(fs::read(dest.join("SHA256SUMS")).unwrap(), s1);
+        assert!(build_dir(&dest).is_dir(), "stage 1 left no built snapshot");
+        let run = mh.last_run("iso");
+        assert_eq!((run["run"].as_u64(), run["stage"].as_str()), (Some(2), Some("stage1")), "{run}");
+
+        let err = stderr(&mh.ssh(Some("sync:stage2")).status(0).run());
+        let id2 = live_id(&dest);
+        assert_ne!(id2, id1, "stage 2 did not switch: {err}");
+        assert_eq!(fs::read(dest.join("SHA256SUMS")).unwrap(), s2);
+        let run = mh.last_run("iso");
+        assert_eq!(run["run"].as_u64(), Some(3), "stage 2 was served by the stage-1 run: {run}");
+        assert!(run.get("stage").is_none(), "{run}");
+        assert!(!build_dir(&dest).exists());
+    }
+}
+
+e2e_test! {
+    /// Published in place, `sync:stage1` brings everything but the last
+    /// files and deletes nothing; `sync:stage2` publishes the checksum
+    /// files and the deletions.
+    fn a_stage_1_push_in_place_holds_back_the_last_files_and_deletions() {
+        let mh = MirrorHost::new();
+        let dest = mh.dest("iso");
+        let s1 = small_release(&mh, 1, &[("old.iso", b"old")]);
+        sync_ok(&mh);
+        assert!(dest.join("old.iso").exists());
+
+        fs::remove_file(mh.upstream_dir("iso").join("old.iso")).unwrap();
+        let s2 = small_release(&mh, 2, &[]);
+        let err = stderr(&mh.ssh(Some("sync:stage1")).status(0).run());
+        support::assert_contains(&err, "stage 1 done");
+        assert_eq!(fs::read(dest.join("SHA256SUMS")).unwrap(), s1, "a last file arrived in stage 1");
+        assert!(dest.join("old.iso").exists(), "stage 1 deleted");
+        assert_eq!(fs::read(dest.join("sub/b.iso")).unwrap(), b"image b, release 2\n");
+
+        mh.ssh(Some("sync:stage2")).status(0).run();
+        assert_eq!(fs::read(dest.join("SHA256SUMS")).unwrap(), s2);
+        assert!(!dest.join("old.iso").exists(), "stage 2 did not delete");
+    }
+}
