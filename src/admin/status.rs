@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::queue::state::MirrorState;
 use crate::queue::statedir::StateDir;
-use crate::run::{now, RunRecord, Running};
+use crate::run::{now, RunRecord, Running, Snapshots};
 use crate::sys::progress::human_secs;
 use crate::sys::timefmt::iso;
 
@@ -32,6 +32,10 @@ pub struct MirrorStatus {
     pub last_run: Option<RunRecord>,
     pub last_success: Option<u64>,
     pub last_success_age: Option<u64>,
+    /// With snapshot publishing: the live snapshot and the kept ones, as the
+    /// last run that reported them left them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshots>,
     pub warning: Option<String>,
 }
 
@@ -60,6 +64,11 @@ fn collect(sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
             last_run: st.last_run().cloned(),
             last_success: st.last_success,
             last_success_age: st.last_success.map(|s| t.saturating_sub(s)),
+            snapshot: st
+                .runs
+                .iter()
+                .rev()
+                .find_map(|r| r.outcome.snapshot.clone()),
             running: st.running,
             warning: loaded.warning,
         });
@@ -133,11 +142,7 @@ fn render(doc: &StatusDoc) -> String {
             )),
             None => out.push_str("  last run: never\n"),
         }
-        if let Some(snap) = m
-            .last_run
-            .as_ref()
-            .and_then(|r| r.outcome.snapshot.as_ref())
-        {
+        if let Some(snap) = &m.snapshot {
             out.push_str(&format!(
                 "  snapshot: {} live; kept: {}\n",
                 snap.live,
