@@ -8,7 +8,7 @@ use super::names::{lookup_gid, lookup_uid, MirrorName};
 use super::paths::{is_clean_absolute, no_control};
 use super::perm::{parse_mode, PermPolicy};
 use super::raw::{RawMirror, Source};
-use super::{Mirror, Privilege, Upstream, DEFAULT_LAST};
+use super::{Mirror, Privilege, Upstream, DEFAULT_BUSY_MARKER, DEFAULT_LAST};
 use crate::error::Result;
 
 /// Checks one mirror table; every error names `mirror.NAME.KEY`.
@@ -70,6 +70,23 @@ pub(super) fn validate_mirror(
             .collect::<Result<Vec<_>>>()?,
         None => DEFAULT_LAST.iter().map(|s| s.to_string()).collect(),
     };
+    let busy_marker = match &m.busy_marker {
+        Some(v) => v
+            .iter()
+            .map(|p| {
+                let v = pattern(p, "busy_marker")?;
+                if v.contains('/') {
+                    return src.err(
+                        p.span(),
+                        &key("busy_marker"),
+                        format!("{v:?}: a name at upstream's top, without '/'"),
+                    );
+                }
+                Ok(v)
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => DEFAULT_BUSY_MARKER.iter().map(|s| s.to_string()).collect(),
+    };
 
     let secs = |v: &Option<Spanned<u64>>, k: &str, default: u64| -> Result<u64> {
         match v {
@@ -100,6 +117,8 @@ pub(super) fn validate_mirror(
             Some(v) => max_waiting(src, v, &key("max_waiting"))?,
             None => DEFAULT_MAX_WAITING,
         },
+        busy_marker,
+        busy_wait: secs(&m.busy_wait, "busy_wait", 3600)?,
         publish,
     })
 }

@@ -60,6 +60,9 @@ pub use verb::{UnknownVerb, Verb};
 pub const DEFAULT_PATH: &str = "/etc/syncgate/syncgate.toml";
 
 /// Patterns published only after everything else (rsync filter syntax).
+/// What says an upstream is being updated unless `busy_marker` says.
+pub const DEFAULT_BUSY_MARKER: &[&str] = &["Archive-Update-in-Progress-*"];
+
 pub const DEFAULT_LAST: &[&str] = &[
     "SHA256SUMS*",
     "SHA512SUMS*",
@@ -134,6 +137,12 @@ pub struct Mirror {
     /// At most this many SSH requests wait for the mirror's lock; one more
     /// is refused at once (exit 75).
     pub max_waiting: u64,
+    /// Name patterns (rsync wildcards) of entries at upstream's top that say
+    /// it is being updated (Debian's `Archive-Update-in-Progress-*`): a run
+    /// waits while one is there, and never copies them.
+    pub busy_marker: Vec<String>,
+    /// Seconds a run waits for upstream's update to finish before it fails.
+    pub busy_wait: u64,
     /// How changes go live (`publish`, `keep`, `verify`, …).
     pub publish: Publish,
 }

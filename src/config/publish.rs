@@ -170,6 +170,7 @@ pub(super) fn publish(
             &PublishMode::ALL,
             PublishMode::as_str,
         )?;
+        p.explicit = true;
     }
     if let Some(v) = &m.keep {
         if *v.get_ref() == 0 || *v.get_ref() > 100 {

@@ -54,6 +54,8 @@ pub(super) struct RawMirror {
     pub max_delete: Option<u64>,
     pub queue_timeout: Option<Spanned<u64>>,
     pub max_waiting: Option<Spanned<u64>>,
+    pub busy_marker: Option<Vec<Spanned<String>>>,
+    pub busy_wait: Option<Spanned<u64>>,
     pub publish: Option<Spanned<String>>,
     pub keep: Option<Spanned<u64>>,
     pub verify: Option<Spanned<String>>,

@@ -1076,3 +1076,89 @@ fn verbs_deserialize_from_their_words() {
     let e = serde_json::from_str::<Verb>(r#""shell""#).unwrap_err();
     assert!(e.to_string().contains("unknown verb"), "{e}");
 }
+
+#[test]
+fn publishing_defaults_to_snapshots_verified_by_checksums_keeping_two() {
+    let cfg = ok(&mirror(""));
+    let m = the_mirror(&cfg);
+    assert_eq!(m.publish.mode, PublishMode::Snapshot);
+    assert!(!m.publish.explicit);
+    assert_eq!(m.publish.keep, 2);
+    assert_eq!(m.publish.verify, VerifyMode::Changed);
+    assert_eq!(m.publish.checksum_files, DEFAULT_CHECKSUM_FILES);
+    assert_eq!(m.publish.signature, None);
+    assert_eq!(m.snapshot_root(), Path::new("/srv/.m.snapshots"));
+    assert_eq!(
+        m.snapshot_link_target("20261203T021530Z"),
+        Path::new(".m.snapshots/20261203T021530Z")
+    );
+    assert_eq!(m.busy_marker, ["Archive-Update-in-Progress-*"]);
+    assert_eq!(m.busy_wait, 3600);
+
+    let cfg = ok(&mirror(
+        "publish = \"snapshot\"\nkeep = 5\nverify = \"all\"\nchecksum_files = [\"CHECKSUM\"]\nverify_signature = { keyring = \"/etc/syncgate/k.gpg\", program = \"sqv\" }\nbusy_marker = []\n",
+    ));
+    let m = the_mirror(&cfg);
+    assert!(m.publish.explicit);
+    assert_eq!((m.publish.keep, m.publish.verify), (5, VerifyMode::All));
+    assert_eq!(m.publish.checksum_files, ["CHECKSUM"]);
+    let sig = m.publish.signature.as_ref().unwrap();
+    assert_eq!(
+        (sig.keyring.as_path(), sig.program),
+        (Path::new("/etc/syncgate/k.gpg"), SignatureProgram::Sqv)
+    );
+    assert!(m.busy_marker.is_empty());
+}
+
+#[test]
+fn publishing_keys_are_checked() {
+    refused(
+        &mirror("publish = \"atomic\"\n"),
+        7,
+        "mirror.m.publish: \"atomic\" is not one of \"snapshot\", \"two-stage\"",
+    );
+    refused(
+        &mirror("keep = 0\n"),
+        7,
+        "mirror.m.keep: must be between 1 and 100",
+    );
+    refused(
+        &mirror("verify = \"some\"\n"),
+        7,
+        "mirror.m.verify: \"some\" is not one of",
+    );
+    refused(
+        &mirror("checksum_files = [\"sub/SHA256SUMS\"]\n"),
+        7,
+        "mirror.m.checksum_files: \"sub/SHA256SUMS\" is not a file name pattern",
+    );
+    refused(
+        &mirror("verify_signature = { keyring = \"k.gpg\" }\n"),
+        7,
+        "mirror.m.verify_signature.keyring: must be an absolute path",
+    );
+    refused(
+        &mirror("verify_signature = { keyring = \"/k.gpg\", program = \"gpg\" }\n"),
+        7,
+        "mirror.m.verify_signature.program: \"gpg\" is not one of \"gpgv\", \"sqv\"",
+    );
+    refused(
+        &mirror("publish = \"two-stage\"\nkeep = 3\n"),
+        7,
+        "mirror.m.keep: applies only to publish = \"snapshot\"",
+    );
+    refused(
+        &mirror("busy_marker = [\"a/b\"]\n"),
+        7,
+        "mirror.m.busy_marker: \"a/b\": a name at upstream's top",
+    );
+    refused(
+        &mirror("busy_wait = 0\n"),
+        7,
+        "mirror.m.busy_wait: must be at least 1 second",
+    );
+    assert!(err(&mirror(
+        "verify_signature = { keyring = \"/k\", trust = 1 }\n"
+    ))
+    .contains("unknown field"));
+}

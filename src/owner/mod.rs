@@ -19,6 +19,7 @@
 //! it runs is built in [`rsync::argv`] and run by [`rsync::run`]; `lifeline.rs`
 //! notices when the gate is gone.
 
+mod busy;
 mod dest;
 pub mod fixperms;
 mod fresh;
@@ -51,6 +52,21 @@ pub fn transfer(cfg: &Config, name: &str, stage: Stage) -> Result<TransferReport
     trust::check_trust(cfg, m)?;
     let cut = lifeline::watch_lifeline();
     crate::sys::signals::install();
+    if snapshot::layout::mode(m) == PublishMode::Snapshot
+        && std::fs::symlink_metadata(m.snapshot_root()).is_err()
+        && !snapshot::layout::parent_writable(m)
+    {
+        let parent = m.dest.parent().unwrap_or(std::path::Path::new("/"));
+        return Ok(TransferReport {
+            message: format!(
+                "publish = \"snapshot\" needs dest's parent {0} to be the owner's (the new release goes live by renaming a symlink there): chown {1}:{2} {0}; chmod 2750 {0}, or set publish = \"two-stage\"; nothing changed",
+                parent.display(),
+                m.owner,
+                m.reader_group
+            ),
+            ..Default::default()
+        });
+    }
     Transfer::begin(cfg, m, cut)?.run(stage)
 }
 

@@ -22,7 +22,7 @@ pub struct Transfer<'a> {
     home: String,
     pub lock: DestLock,
     /// Set when the gate is gone: every rsync is stopped.
-    cut: Arc<AtomicBool>,
+    pub(super) cut: Arc<AtomicBool>,
 }
 
 impl<'a> Transfer<'a> {
@@ -45,6 +45,9 @@ impl<'a> Transfer<'a> {
     /// stage 1); anything else does everything.
     pub fn run(&self, stage: Stage) -> Result<TransferReport> {
         let stage1 = stage == Stage::Stage1;
+        if let Some(report) = self.wait_while_upstream_is_busy()? {
+            return Ok(report);
+        }
         let m = self.mirror;
         match layout::mode(m) {
             PublishMode::Snapshot => {

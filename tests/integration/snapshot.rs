@@ -933,3 +933,52 @@ e2e_test! {
         assert!(!dest.join("old.iso").exists(), "stage 2 did not delete");
     }
 }
+
+e2e_test! {
+    /// Debian's `Archive-Update-in-Progress-*` at upstream's top: a sync
+    /// waits (saying so) while it is there and syncs once it is gone; one
+    /// that stays past `busy_wait` fails clearly and changes nothing.
+    fn a_sync_waits_while_upstream_is_being_updated() {
+        let mut mh = MirrorHost::snapshots();
+        mh.set_opts("iso", Opts::default().busy_wait(4));
+        let dest = mh.dest("iso");
+        let s1 = small_release(&mh, 1, &[]);
+        let marker = mh.upstream_dir("iso").join("Archive-Update-in-Progress-mirror.example.org");
+        fs::write(&marker, b"").unwrap();
+        let out = mh.ssh(Some("sync")).status(1).run();
+        let err = stderr(&out);
+        support::assert_contains(&err, "upstream is being updated");
+        support::assert_contains(&err, "still was after 4s (busy_wait); nothing changed");
+        assert!(fs::symlink_metadata(&dest).is_err(), "a half-updated upstream was published");
+
+        let remover = {
+            let marker = marker.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1500));
+                fs::remove_file(marker).unwrap();
+            })
+        };
+        let err = sync_ok(&mh);
+        remover.join().unwrap();
+        support::assert_contains(&err, "waiting (");
+        support::assert_contains(&err, "upstream's update has finished; syncing");
+        assert_eq!(fs::read(dest.join("SHA256SUMS")).unwrap(), s1);
+    }
+}
+
+e2e_test! {
+    /// `publish = "snapshot"` set explicitly where the owner cannot write
+    /// dest's parent: every run fails, saying what to change (no silent
+    /// fallback to publishing in place), and `check` fails too.
+    fn an_explicit_snapshot_mirror_without_its_layout_fails_clearly() {
+        let mut mh = MirrorHost::new();
+        mh.set_opts("iso", Opts::default().publish("snapshot"));
+        small_release(&mh, 1, &[]);
+        let err = stderr(&mh.ssh(Some("sync")).status(1).run());
+        support::assert_contains(&err, "needs dest's parent");
+        support::assert_contains(&err, "chown mirror:www-data");
+        let out = mh.syncgate().arg("check").status(1).run();
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        support::assert_contains(&report, "FAIL mirror iso: publishing snapshots needs dest's parent");
+    }
+}

@@ -33,6 +33,10 @@ fn with_temp_dir(cfg: &Config, m: &Mirror, temp_dir: bool) -> Vec<String> {
         v.push(format!("--temp-dir={TEMP_DIR}"));
     }
     private_names(&mut v);
+    // Upstream's "being updated" markers are never copied (ftpsync's rule).
+    for b in &m.busy_marker {
+        v.push(format!("--exclude=/{b}"));
+    }
     match &m.upstream {
         Upstream::Daemon(_) => {
             v.push(format!("--contimeout={}", m.io_timeout.min(300)));
@@ -119,6 +123,26 @@ pub fn rsync_snapshot(cfg: &Config, m: &Mirror, build: &Path, live: Option<&Path
     }
     v.push(m.upstream.source_arg());
     v.push(format!("{}/", build.display()));
+    v
+}
+
+/// The busy probe: a dry run over upstream's top level only, listing the
+/// entries that match a `busy_marker` (its stats count them: more than the
+/// top directory itself means upstream is being updated). `dest`: a path
+/// that need not exist (nothing is written).
+pub fn rsync_busy_probe(cfg: &Config, m: &Mirror, dest: &Path) -> Vec<String> {
+    let mut v = with_temp_dir(cfg, m, false);
+    // First match wins: these come before the exclusions in `v`.
+    let includes: Vec<String> = m
+        .busy_marker
+        .iter()
+        .map(|b| format!("--include=/{b}"))
+        .collect();
+    v.splice(1..1, includes);
+    v.push("--dry-run".into());
+    v.push("--exclude=*".into());
+    v.push(m.upstream.source_arg());
+    v.push(format!("{}/", dest.display()));
     v
 }
 
@@ -242,6 +266,34 @@ mod tests {
                 "{argv:?}"
             );
         }
+    }
+
+    #[test]
+    fn upstreams_busy_marker_is_never_copied_and_the_probe_lists_only_it() {
+        let cfg = config();
+        let m = cfg.mirror("m").unwrap();
+        let dest = Path::new("/srv/m");
+        for argv in [
+            rsync_plan(&cfg, m),
+            rsync_fresh(&cfg, m),
+            rsync_stage1(&cfg, m),
+            rsync_stage2(&cfg, m),
+            rsync_snapshot(&cfg, m, dest, Some(dest)),
+            rsync_snapshot_plan(&cfg, m, dest),
+        ] {
+            assert!(
+                argv.iter()
+                    .any(|a| a == "--exclude=/Archive-Update-in-Progress-*"),
+                "{argv:?}"
+            );
+        }
+        let probe = rsync_busy_probe(&cfg, m, Path::new("/nonexistent"));
+        let at = |a: &str| probe.iter().position(|x| x == a).unwrap();
+        let include = at("--include=/Archive-Update-in-Progress-*");
+        assert!(include < at("--exclude=/Archive-Update-in-Progress-*"));
+        assert!(include < at("--exclude=/.syncgate-tmp"));
+        assert_eq!(at("--exclude=*"), probe.len() - 3);
+        assert!(probe.contains(&"--dry-run".to_string()));
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Opts {
     pub publish: Option<&'static str>,
     /// `keep = N`: snapshots kept, the live one included.
     pub keep: Option<u64>,
+    /// `busy_wait = N`: seconds a run waits for upstream's update.
+    pub busy_wait: Option<u64>,
     /// `verify = "changed" | "all" | "off"`.
     pub verify: Option<&'static str>,
     /// `checksum_files = [...]` (`Some(vec![])` renders an empty list).
@@ -119,6 +121,10 @@ impl Opts {
     }
     pub fn keep(mut self, n: u64) -> Opts {
         self.keep = Some(n);
+        self
+    }
+    pub fn busy_wait(mut self, secs: u64) -> Opts {
+        self.busy_wait = Some(secs);
         self
     }
     /// `verify = MODE`: `"changed"`, `"all"` or `"off"`.
@@ -268,6 +274,7 @@ impl Mirror {
             ("max_delete", o.max_delete),
             ("max_waiting", o.max_waiting),
             ("keep", o.keep),
+            ("busy_wait", o.busy_wait),
         ];
         for (key, value) in numbers {
             if let Some(v) = value {
