@@ -106,6 +106,9 @@ pub struct Requester {
     pub request: String,
     /// `user=root`, or `key=jenkins client=192.0.2.7:51234`.
     pub who: String,
+    /// How much of a sync was asked for (`All` unless an ftpsync push said
+    /// `sync:stage1` or `sync:stage2`).
+    pub stage: Stage,
 }
 
 impl Requester {
@@ -114,6 +117,7 @@ impl Requester {
             trigger,
             request: format!("r{}-{}", now(), std::process::id()),
             who,
+            stage: Stage::All,
         }
     }
 

@@ -104,7 +104,7 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
         Some((ip, port)) => format!("key={key} client={ip}:{port}"),
         None => format!("key={key} client=-"),
     };
-    let req = Requester::new(Trigger::Ssh, who);
+    let mut req = Requester::new(Trigger::Ssh, who);
     let asked = Asked {
         req: &req,
         key,
@@ -174,7 +174,9 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
             };
             status::show(&cfg, &names, json, TextTo::Stderr)
         }
-        Action::Sync { mirrors } => {
+        Action::Sync { mirrors, stage } => {
+            // The stage travels with the requester to the queue.
+            req.stage = stage;
             let via = Via { key, client };
             crate::runner::sync::sync(&cfg, &mirrors, &req, Some(via), &mut audit)
         }
