@@ -119,7 +119,8 @@ pub struct Requester {
     pub request: String,
     /// `user=root`, or `key=jenkins client=192.0.2.7:51234`.
     pub who: String,
-    /// What it asks for (a push's `sync:stage1`, or everything).
+    /// How much of a sync was asked for (`All` unless an ftpsync push said
+    /// `sync:stage1` or `sync:stage2`).
     pub stage: Stage,
 }
 

@@ -26,13 +26,13 @@ pub const SSH_VERBS: &[(&str, &str)] = &[
         "Sync MIRROR; without a name, the key's mirror (only if the key has exactly one).",
     ),
     (
-        "sync:all",
-        "Sync all the key's mirrors (Debian runmirrors push).",
-    ),
-    ("sync:archive:MIRROR", "Sync MIRROR (runmirrors push)."),
-    (
-        "sync:stage1, sync:stage2",
-        "Sync the key's mirror (runmirrors push; syncgate always does both stages).",
+        "sync:archive:[MIRROR] [sync:all|sync:stage1|sync:stage2] [sync:mhop] [sync:callback]",
+        "A Debian push (runmirrors): these words in any order, each at most once, at most one \
+         stage word; anything else is refused. sync:archive:MIRROR selects MIRROR, an empty \
+         name or no archive word the key's mirror (only if the key has exactly one). \
+         sync:stage1 asks for stage 1 only, sync:stage2 for stage 2 only, sync:all or no \
+         stage word for both. sync:all alone syncs all the key's mirrors. sync:mhop and \
+         sync:callback are accepted and recorded; syncgate never calls back.",
     ),
     (
         "status [MIRROR] [--json]",
@@ -406,17 +406,22 @@ mod tests {
             "sync:archive:iso",
             "sync:stage1",
             "sync:stage2",
+            " sync:archive:iso sync:mhop sync:stage1",
+            "sync:archive: sync:callback",
             "status",
             "status iso",
             "status iso --json",
             "help",
         ] {
-            let head = example.split(' ').next().unwrap();
-            let head = head.split(":archive:").next().unwrap();
-            assert!(
-                SSH_VERBS.iter().any(|(v, _)| v.contains(head)),
-                "{example} undocumented"
-            );
+            // The verb, and every push word.
+            let words = example.split_whitespace().enumerate();
+            for (_, word) in words.filter(|(i, w)| *i == 0 || w.starts_with("sync:")) {
+                let head = word.split(":archive:").next().unwrap();
+                assert!(
+                    SSH_VERBS.iter().any(|(v, _)| v.contains(head)),
+                    "{example}: {word} undocumented"
+                );
+            }
             assert!(
                 crate::gate::request::parse(Some(example.as_bytes())).is_ok(),
                 "{example} does not parse"

@@ -59,8 +59,9 @@ pub enum Command {
     },
     /// The SSH forced command: serve SSH_ORIGINAL_COMMAND for key NAME.
     ///
-    /// SSH verbs: `sync [MIRROR]`, `sync:all`, `sync:archive:MIRROR`,
-    /// `sync:stage1`, `sync:stage2`, `status [MIRROR] [--json]`, `help`.
+    /// SSH verbs: `sync [MIRROR]`, Debian push words (`sync:archive:[MIRROR]`,
+    /// `sync:all`, `sync:stage1`, `sync:stage2`, `sync:mhop`, `sync:callback`,
+    /// in any order), `status [MIRROR] [--json]`, `help`.
     Ssh {
         /// The key's name, from the admin-written authorized_keys line.
         #[arg(long, value_name = "NAME")]

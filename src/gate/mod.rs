@@ -23,8 +23,8 @@ use crate::audit::{Audit, Recorded};
 use crate::config::{Config, KeyConfig};
 use crate::error::{Error, Exit, Result};
 use crate::gate::policy::{Action, KeyPolicy};
-use crate::gate::request::{Push, Refusal, Request};
-use crate::run::{Requester, Stage, Trigger};
+use crate::gate::request::Refusal;
+use crate::run::{Requester, Trigger};
 use crate::sys::progress::say;
 
 /// How much of the client's command the audit line keeps.
@@ -104,7 +104,7 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
         Some((ip, port)) => format!("key={key} client={ip}:{port}"),
         None => format!("key={key} client=-"),
     };
-    let req = Requester::new(Trigger::Ssh, who);
+    let mut req = Requester::new(Trigger::Ssh, who);
     let asked = Asked {
         req: &req,
         key,
@@ -174,20 +174,10 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
             };
             status::show(&cfg, &names, json, TextTo::Stderr)
         }
-        Action::Sync { mirrors } => {
+        Action::Sync { mirrors, stage } => {
+            // The stage travels with the requester to the queue.
+            req.stage = stage;
             let via = Via { key, client };
-            let stage = match &parsed {
-                Request::Sync {
-                    push: Some(Push::Stage1),
-                    ..
-                } => Stage::Stage1,
-                Request::Sync {
-                    push: Some(Push::Stage2),
-                    ..
-                } => Stage::Stage2,
-                _ => Stage::All,
-            };
-            let req = Requester { stage, ..req };
             crate::runner::sync::sync(&cfg, &mirrors, &req, Some(via), &mut audit)
         }
     }

@@ -11,10 +11,13 @@
 //! 3. The verb must be in the key's `verbs`.
 //! 4. Mirrors: a named mirror must be one of the key's `mirrors` (an unknown
 //!    mirror is refused exactly like a forbidden one, so clients cannot probe
-//!    which mirrors exist). `sync` without a name means the key's only mirror
-//!    and is ambiguous if it has several; `sync:all` and `status` without a
-//!    name mean all of the key's mirrors. A key without mirrors can only run
-//!    `help`.
+//!    which mirrors exist). `sync` without a name (and a push without an
+//!    archive word or with an empty one, `sync:archive:`) means the key's
+//!    only mirror and is ambiguous if it has several; `sync:all` without an
+//!    archive word and `status` without a name mean all of the key's
+//!    mirrors. A key without mirrors can only run `help`. Every form of
+//!    sync, push words included, needs the `sync` verb; the stage asked
+//!    for is passed through in [`Action::Sync`] unchanged.
 //!
 //! Refusals here exit 77 and their message says what the key may do.
 //! [`help_text`] lists exactly the commands that [`authorize`] permits.
@@ -26,6 +29,7 @@ use std::net::IpAddr;
 
 pub use crate::config::{Cidr, CidrError, Verb};
 use crate::gate::request::{escape_for_log, Name, Refusal, Request, Target};
+use crate::run::Stage;
 
 /// The permissions of one SSH key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,9 +47,11 @@ pub struct KeyPolicy {
 /// What the caller should do once a request is authorized.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Queue syncs of these mirrors (non-empty, no duplicates, policy order).
+    /// Queue syncs of these mirrors (non-empty, no duplicates, policy order),
+    /// each asking for `stage`.
     Sync {
         mirrors: Vec<String>,
+        stage: Stage,
     },
     /// Show status of `mirror`, or of every mirror of the key when `None`.
     Status {
@@ -113,7 +119,7 @@ pub fn authorize(
         return Err(refuse(None));
     }
     match req {
-        Request::Sync { target, .. } => {
+        Request::Sync { target, stage, .. } => {
             let mirrors = match target {
                 Target::Named(n) => vec![allowed(n)?],
                 Target::All => owned(&mirrors),
@@ -125,7 +131,10 @@ pub fn authorize(
                     })
                 }
             };
-            Ok(Action::Sync { mirrors })
+            Ok(Action::Sync {
+                mirrors,
+                stage: *stage,
+            })
         }
         Request::Status { mirror, json } => Ok(Action::Status {
             mirror: mirror.as_ref().map(allowed).transpose()?,
@@ -153,8 +162,9 @@ pub fn help_text(policy: &KeyPolicy) -> String {
         lines.push(("sync:all", "sync all your mirrors".into()));
         lines.push(("sync:archive:MIRROR", "ftpsync push: sync MIRROR".into()));
         if mirrors.len() == 1 {
-            lines.push(("sync:stage1", format!("ftpsync push: sync {list}")));
-            lines.push(("sync:stage2", format!("ftpsync push: sync {list}")));
+            lines.push(("sync:archive:", format!("ftpsync push: sync {list}")));
+            lines.push(("sync:stage1", format!("ftpsync push: stage 1 of {list}")));
+            lines.push(("sync:stage2", format!("ftpsync push: stage 2 of {list}")));
         }
     }
     if may(Verb::Status) {
@@ -169,11 +179,20 @@ pub fn help_text(policy: &KeyPolicy) -> String {
     for (usage, what) in lines {
         out.push_str(&format!("  {usage:<26}{what}\n"));
     }
+    if may(Verb::Sync) {
+        out.push_str(PUSH_NOTE);
+    }
     if !mirrors.is_empty() {
         out.push_str(&format!("MIRROR is one of: {list}\n"));
     }
     out
 }
+
+/// How push words combine, after the command lines of a key that may sync.
+const PUSH_NOTE: &str = "ftpsync push words combine in any order, each at most once: \
+sync:archive:MIRROR (or sync:archive: for the key's only mirror), at most one of \
+sync:all, sync:stage1, sync:stage2, and sync:mhop, sync:callback (accepted; \
+syncgate never calls back). Other words are refused.\n";
 
 /// One line saying what the key may do, e.g.
 /// `key 'jenkins' may: sync debian-cd, status debian-cd, help`.

@@ -23,19 +23,50 @@
 //!    up as literal text that the grammar below rejects. An unmatched quote is
 //!    refused, and so is any backslash: escapes have no legitimate use here and
 //!    refusing them means quotes are the only bytes that splitting removes.
+//!    Leading, trailing and repeated spaces separate nothing (runmirrors sends
+//!    a leading space).
 //! 5. **Grammar**: the words must match one line of this table exactly
 //!    (case-sensitive, no options besides `--json`, no extra words):
 //!
 //! ```text
 //! help
-//! sync                       Sync { target: Default }
-//! sync NAME                  Sync { target: Named(NAME) }
+//! sync                       Sync { target: Default, stage: All, push: None }
+//! sync NAME                  Sync { target: Named(NAME), stage: All, push: None }
 //! status [NAME] [--json]     NAME and --json in either order, each at most once
-//! sync:all                   Debian ftpsync/runmirrors push words; each is a
-//! sync:archive:NAME          single word and is recorded in `push` so the
-//! sync:stage1                audit log can show it. stage1/stage2 mean the
-//! sync:stage2                key's default mirror.
+//! PUSH-WORD...               Debian's push (runmirrors), see below
 //! ```
+//!
+//! A command whose first word starts with `sync:` is an ftpsync push: one
+//! or more of these words, **in any order, each at most once**, and
+//! nothing else:
+//!
+//! ```text
+//! sync:archive:NAME   the mirror NAME                        target: Named(NAME)
+//! sync:archive:       (empty NAME) the key's default mirror  target: Default
+//! sync:all            both stages (the default)              stage: All
+//! sync:stage1         stage 1 only                           stage: Stage1
+//! sync:stage2         stage 2 only                           stage: Stage2
+//! sync:mhop           multi-hop push; recorded, changes nothing here
+//! sync:callback       recorded only: syncgate never calls the pusher back
+//! ```
+//!
+//! * At most one of `sync:all`, `sync:stage1`, `sync:stage2`; none means
+//!   `stage: All`. Two of them (or one twice) are refused.
+//! * Without a `sync:archive:` word the target is the key's default mirror,
+//!   except that `sync:all` without an archive word keeps its old meaning:
+//!   every mirror of the key (`target: All`). So `sync:stage1` alone is
+//!   stage 1 of the key's only mirror, as before.
+//! * `sync:archive:NAME` and `sync:archive:NAME sync:all` are the same
+//!   request (its canonical form is the former).
+//! * A later word that is not one of these is refused as a bad argument,
+//!   where Debian's ftpsync only logs a warning; a first word that is not
+//!   one of these is an unknown verb.
+//! * ftpsync's receiver answers `sync:callback` by ssh-ing back to the
+//!   pusher when it is done. syncgate never opens a connection anywhere:
+//!   the word is accepted so runmirrors' pushes work, recorded in
+//!   [`PushWords::callback`] and the audit line, and otherwise ignored.
+//!   The pusher learns the result from the exit status and stderr of its
+//!   own ssh (runmirrors ignores both, except ssh's 255).
 //!
 //! `NAME` is a mirror name: `^[a-z0-9][a-z0-9._-]{0,63}$` without `..`
 //! (see [`Name`], defined once in [`crate::config::MirrorName`]). It can
@@ -49,8 +80,12 @@
 //! Refusals never contain raw client bytes; anything quoted from the client
 //! goes through [`escape_for_log`] first.
 
-use std::fmt;
-use std::net::IpAddr;
+mod push;
+mod refusal;
+
+pub use crate::run::Stage;
+pub use push::PushWords;
+pub use refusal::Refusal;
 
 /// Longest accepted `SSH_ORIGINAL_COMMAND`, in bytes.
 pub const MAX_COMMAND_LEN: usize = 256;
@@ -71,37 +106,13 @@ pub use crate::config::MirrorName as Name;
 /// Which mirror(s) a `sync` is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// No name given: the key's only mirror (authorization decides).
+    /// No name given (`sync`, `sync:archive:`, `sync:stage1`): the key's
+    /// only mirror (authorization decides).
     Default,
-    /// `sync:all`: every mirror the key may sync.
+    /// `sync:all` without an archive word: every mirror the key may sync.
     All,
     /// One named mirror.
     Named(Name),
-}
-
-/// The ftpsync push word a `sync` arrived as, kept for the audit log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Push {
-    /// `sync:all`
-    All,
-    /// `sync:archive:NAME`
-    Archive,
-    /// `sync:stage1`
-    Stage1,
-    /// `sync:stage2`
-    Stage2,
-}
-
-impl Push {
-    /// The push word as the client sent it (without the archive name).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Push::All => "sync:all",
-            Push::Archive => "sync:archive",
-            Push::Stage1 => "sync:stage1",
-            Push::Stage2 => "sync:stage2",
-        }
-    }
 }
 
 /// A syntactically valid request. Whether this key may make it is decided by
@@ -111,8 +122,11 @@ pub enum Request {
     Help,
     Sync {
         target: Target,
-        /// `Some` when the request came as an ftpsync push word.
-        push: Option<Push>,
+        /// How much of the sync is asked for: `All` unless a
+        /// `sync:stage1`/`sync:stage2` push word said otherwise.
+        stage: Stage,
+        /// `Some` when the request came as ftpsync push words.
+        push: Option<PushWords>,
     },
     Status {
         mirror: Option<Name>,
@@ -137,21 +151,24 @@ impl Request {
     }
 
     /// The canonical spelling of this request: single spaces, no quotes,
-    /// `--json` last. For every request returned by [`parse`],
+    /// `--json` last, push words in the order archive, `sync:mhop`, stage,
+    /// `sync:callback`. For every request returned by [`parse`],
     /// `parse(Some(r.canonical().as_bytes())) == Ok(r)`.
     ///
-    /// A hand-built `Sync` whose `push` does not fit its `target` (e.g.
-    /// `Archive` with `Target::All`) is rendered from `target` alone.
+    /// A hand-built `Sync` that no command parses to (e.g. `Target::All`
+    /// with `Stage::Stage1`, or a stage without `push`) is rendered as the
+    /// nearest push words; `Target::All` wins over the stage.
     pub fn canonical(&self) -> String {
         match self {
             Request::Help => "help".to_owned(),
-            Request::Sync { target, push } => match (target, push) {
-                (Target::Default, Some(Push::Stage1)) => "sync:stage1".to_owned(),
-                (Target::Default, Some(Push::Stage2)) => "sync:stage2".to_owned(),
-                (Target::Default, _) => "sync".to_owned(),
-                (Target::All, _) => "sync:all".to_owned(),
-                (Target::Named(n), Some(Push::Archive)) => format!("sync:archive:{n}"),
-                (Target::Named(n), _) => format!("sync {n}"),
+            Request::Sync {
+                target,
+                stage,
+                push,
+            } => match (target, stage, push) {
+                (Target::Default, Stage::All, None) => "sync".to_owned(),
+                (Target::Named(n), Stage::All, None) => format!("sync {n}"),
+                (_, _, push) => push::canonical(target, *stage, push.unwrap_or_default()),
             },
             Request::Status { mirror, json } => {
                 let mut s = "status".to_owned();
@@ -167,133 +184,6 @@ impl Request {
         }
     }
 }
-
-/// Why a command was refused. Parse-stage variants mean "not understood"
-/// (exit 64); authorization variants mean "not permitted" (exit 77).
-///
-/// Every `String` field is already safe to print: client text has gone
-/// through [`escape_for_log`], policy text is escaped the same way.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// `SSH_ORIGINAL_COMMAND` unset: an interactive login was requested.
-    NoCommand,
-    /// More than [`MAX_COMMAND_LEN`] bytes.
-    TooLong { len: usize },
-    /// A control byte (`0x00..=0x1f`, `0x7f`).
-    ControlByte { byte: u8, offset: usize },
-    /// A `#` anywhere (a shell would start a comment).
-    Comment { offset: usize },
-    /// The bytes are not UTF-8; `offset` is where decoding failed.
-    NotUtf8 { offset: usize },
-    /// Word splitting failed (unmatched quote) or a backslash was used.
-    ShellSyntax { problem: &'static str },
-    /// No words at all.
-    Empty,
-    /// The first word is not a known verb (escaped, truncated).
-    UnknownVerb { verb: String },
-    /// The verb is known but an argument is wrong (escaped, truncated).
-    BadArgument {
-        verb: &'static str,
-        problem: &'static str,
-        arg: String,
-    },
-    /// This key may not use the verb. `may` describes what it may do.
-    VerbNotAllowed { verb: &'static str, may: String },
-    /// The mirror is not one of the key's (unknown and forbidden mirrors are
-    /// indistinguishable), or the key has no mirror at all (`mirror: None`).
-    MirrorNotAllowed {
-        verb: &'static str,
-        mirror: Option<String>,
-        may: String,
-    },
-    /// The client address is missing or outside the key's `from` list.
-    NetworkNotAllowed { key: String, client: Option<IpAddr> },
-    /// `sync` without a name for a key with several mirrors.
-    AmbiguousMirror { key: String, mirrors: Vec<String> },
-}
-
-impl Refusal {
-    /// 64 (`EX_USAGE`) for "not understood", 77 (`EX_NOPERM`) for "not permitted".
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Refusal::VerbNotAllowed { .. }
-            | Refusal::MirrorNotAllowed { .. }
-            | Refusal::NetworkNotAllowed { .. }
-            | Refusal::AmbiguousMirror { .. } => EXIT_NOPERM,
-            _ => EXIT_USAGE,
-        }
-    }
-
-    /// Short, stable, machine-readable reason for logs and tests.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::NoCommand => "no-command",
-            Refusal::TooLong { .. } => "too-long",
-            Refusal::ControlByte { .. } => "control-byte",
-            Refusal::Comment { .. } => "comment",
-            Refusal::NotUtf8 { .. } => "not-utf8",
-            Refusal::ShellSyntax { .. } => "shell-syntax",
-            Refusal::Empty => "empty",
-            Refusal::UnknownVerb { .. } => "unknown-verb",
-            Refusal::BadArgument { .. } => "bad-argument",
-            Refusal::VerbNotAllowed { .. } => "verb-not-allowed",
-            Refusal::MirrorNotAllowed { .. } => "mirror-not-allowed",
-            Refusal::NetworkNotAllowed { .. } => "network-not-allowed",
-            Refusal::AmbiguousMirror { .. } => "ambiguous-mirror",
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const TRY_HELP: &str = "run 'help' to list commands";
-        match self {
-            Refusal::NoCommand => write!(f, "no command given (no shell here); {TRY_HELP}"),
-            Refusal::TooLong { len } => {
-                write!(
-                    f,
-                    "command is {len} bytes long, the limit is {MAX_COMMAND_LEN}"
-                )
-            }
-            Refusal::ControlByte { byte, offset } => {
-                write!(
-                    f,
-                    "control character \\x{byte:02x} at byte {offset} is not allowed"
-                )
-            }
-            Refusal::Comment { offset } => write!(f, "'#' at byte {offset} is not allowed"),
-            Refusal::NotUtf8 { offset } => {
-                write!(f, "command is not valid UTF-8 (at byte {offset})")
-            }
-            Refusal::ShellSyntax { problem } => write!(f, "cannot split command: {problem}"),
-            Refusal::Empty => write!(f, "empty command; {TRY_HELP}"),
-            Refusal::UnknownVerb { verb } => write!(f, "unknown command '{verb}'; {TRY_HELP}"),
-            Refusal::BadArgument { verb, problem, arg } => {
-                write!(f, "{verb}: {problem}: '{arg}'; {TRY_HELP}")
-            }
-            Refusal::VerbNotAllowed { verb, may } => write!(f, "'{verb}' is not permitted; {may}"),
-            Refusal::MirrorNotAllowed { verb, mirror, may } => match mirror {
-                Some(m) => write!(f, "{verb} of mirror '{m}' is not permitted; {may}"),
-                None => write!(f, "{verb}: this key has no mirror; {may}"),
-            },
-            Refusal::NetworkNotAllowed { key, client } => {
-                write!(f, "key '{key}' may not be used from ")?;
-                match client {
-                    Some(ip) => write!(f, "{ip}")?,
-                    None => f.write_str("an unknown address")?,
-                }
-                f.write_str("; only 'help' is available there")
-            }
-            Refusal::AmbiguousMirror { key, mirrors } => write!(
-                f,
-                "sync needs a mirror name: key '{key}' may sync {}; use 'sync MIRROR'",
-                mirrors.join(", ")
-            ),
-        }
-    }
-}
-
-impl std::error::Error for Refusal {}
 
 /// Renders bytes as printable ASCII for logs and messages.
 ///
@@ -360,38 +250,24 @@ fn parse_words(words: &[String]) -> Result<Request, Refusal> {
     let Some((verb, args)) = words.split_first() else {
         return Err(Refusal::Empty);
     };
-    let sync = |target, push| Request::Sync { target, push };
+    let sync = |target| Request::Sync {
+        target,
+        stage: Stage::All,
+        push: None,
+    };
     let request = match verb.as_str() {
         "help" => {
             no_more("help", args)?;
             Request::Help
         }
         "sync" => match args {
-            [] => sync(Target::Default, None),
-            [name] => sync(Target::Named(name_arg("sync", name)?), None),
+            [] => sync(Target::Default),
+            [name] => sync(Target::Named(name_arg("sync", name)?)),
             [_, extra, ..] => return Err(extra_argument("sync", extra)),
         },
         "status" => parse_status(args)?,
-        "sync:all" => {
-            no_more("sync:all", args)?;
-            sync(Target::All, Some(Push::All))
-        }
-        "sync:stage1" => {
-            no_more("sync:stage1", args)?;
-            sync(Target::Default, Some(Push::Stage1))
-        }
-        "sync:stage2" => {
-            no_more("sync:stage2", args)?;
-            sync(Target::Default, Some(Push::Stage2))
-        }
-        word => match word.strip_prefix("sync:archive:") {
-            Some(name) => {
-                let name = name_arg("sync:archive", name)?;
-                no_more("sync:archive", args)?;
-                sync(Target::Named(name), Some(Push::Archive))
-            }
-            None => return Err(Refusal::UnknownVerb { verb: quote(word) }),
-        },
+        word if push::is_push_word(word) => push::parse(words)?,
+        word => return Err(Refusal::UnknownVerb { verb: quote(word) }),
     };
     Ok(request)
 }

@@ -16,13 +16,13 @@
 //! request.
 //!
 //! Inputs found by this run or by the cargo-fuzz target (fuzz/) that broke
-//! a property become rows of `REGRESSIONS` below; the hostile seeds are
+//! a property become rows of `REGRESSIONS` in fuzz_parser/fixed.rs; the hostile seeds are
 //! shared with the fuzz corpus (fuzz/seeds.txt).
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
 
-use syncgate::gate::request::{parse, Name, Push, Refusal, Request, Target, MAX_COMMAND_LEN};
+use syncgate::gate::request::{parse, Name, Refusal, MAX_COMMAND_LEN};
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES_LONG")
@@ -40,46 +40,9 @@ fn config() -> Config {
     }
 }
 
-// ---------------------------------------------------------------------------
-// The reference grammar (for inputs without quotes)
-
-fn named(n: &str) -> Option<Target> {
-    Name::new(n).map(Target::Named)
-}
-
-/// The verb table of src/gate/request.rs, written independently: space-separated
-/// words, no quotes, nothing else special.
-fn reference(text: &str) -> Option<Request> {
-    let words: Vec<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();
-    let sync = |target, push| Some(Request::Sync { target, push });
-    match words.as_slice() {
-        ["help"] => Some(Request::Help),
-        ["sync"] => sync(Target::Default, None),
-        ["sync", n] => sync(named(n)?, None),
-        ["sync:all"] => sync(Target::All, Some(Push::All)),
-        ["sync:stage1"] => sync(Target::Default, Some(Push::Stage1)),
-        ["sync:stage2"] => sync(Target::Default, Some(Push::Stage2)),
-        [w] if w.starts_with("sync:archive:") => {
-            sync(named(&w["sync:archive:".len()..])?, Some(Push::Archive))
-        }
-        ["status", rest @ ..] if rest.len() <= 2 => {
-            let json = rest.iter().filter(|w| **w == "--json").count();
-            let names: Vec<&&str> = rest.iter().filter(|w| **w != "--json").collect();
-            if json > 1 || names.len() > 1 {
-                return None;
-            }
-            let mirror = match names.first() {
-                Some(n) => Some(Name::new(n)?),
-                None => None,
-            };
-            Some(Request::Status {
-                mirror,
-                json: json == 1,
-            })
-        }
-        _ => None,
-    }
-}
+mod fixed;
+mod reference;
+use reference::reference;
 
 /// Every property, for one input. Returns a description of the first
 /// broken one.
@@ -161,10 +124,7 @@ fn valid_words() -> impl Strategy<Value = Vec<String>> {
         Just(w(&["help"])),
         Just(w(&["sync"])),
         name_strategy().prop_map(move |n| w(&["sync", &n])),
-        Just(w(&["sync:all"])),
-        Just(w(&["sync:stage1"])),
-        Just(w(&["sync:stage2"])),
-        name_strategy().prop_map(move |n| w(&[&format!("sync:archive:{n}")])),
+        push_words(),
         (
             proptest::option::of(name_strategy()),
             any::<bool>(),
@@ -181,11 +141,35 @@ fn valid_words() -> impl Strategy<Value = Vec<String>> {
     ]
 }
 
+/// Debian's push words: an archive word (named, empty or none), at most
+/// one stage word, mhop and callback or not, at least one word, any order.
+fn push_words() -> impl Strategy<Value = Vec<String>> {
+    let stage = prop::sample::select(vec![None, Some("all"), Some("stage1"), Some("stage2")]);
+    (
+        proptest::option::of(proptest::option::of(name_strategy())),
+        stage,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(archive, stage, mhop, callback)| {
+            let mut v: Vec<String> = Vec::new();
+            v.extend(archive.map(|n| format!("sync:archive:{}", n.unwrap_or_default())));
+            v.extend(stage.map(|s| format!("sync:{s}")));
+            v.extend(mhop.then(|| "sync:mhop".to_string()));
+            v.extend(callback.then(|| "sync:callback".to_string()));
+            if v.is_empty() {
+                v.push("sync:all".into());
+            }
+            v
+        })
+        .prop_shuffle()
+}
+
 /// A valid command with random spacing and quoting.
 fn valid_command() -> impl Strategy<Value = Vec<u8>> {
     (
         valid_words(),
-        proptest::collection::vec((1usize..=3, 0u8..4), 3),
+        proptest::collection::vec((1usize..=3, 0u8..4), 4),
         0usize..=2,
         0usize..=2,
     )
@@ -269,6 +253,9 @@ const HOSTILE: &[&str] = &[
     "help",
     "sync:",
     "sync:archive:",
+    "sync:mhop",
+    "sync:callback",
+    "sync:stage1",
     ":",
     "all",
     "a",
@@ -374,6 +361,9 @@ fn token_soup() -> impl Strategy<Value = Vec<u8>> {
         Just("sync:all".to_string()),
         Just("sync:stage1".to_string()),
         Just("sync:stage2".to_string()),
+        Just("sync:mhop".to_string()),
+        Just("sync:callback".to_string()),
+        Just("sync:archive:".to_string()),
         name_strategy().prop_map(|n| format!("sync:archive:{n}")),
         name_strategy(),
         prop::sample::select(HOSTILE).prop_map(str::to_string),
@@ -408,97 +398,5 @@ proptest! {
     #[test]
     fn grammar_and_hostile_token_soup(raw in token_soup()) {
         prop_check(&raw)?;
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Fixed inputs
-
-/// Hostile inputs, one per line, as stored for the fuzz corpus
-/// (`\xNN` escapes for bytes that cannot be written plainly).
-const SEEDS: &str = include_str!("../../fuzz/seeds.txt");
-
-fn unescape(line: &str) -> Vec<u8> {
-    let b = line.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&line[i + 2..i + 4], 16) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-/// `(input, Some(reason))`: refused with that reason; `(input, None)`:
-/// accepted. Every input that ever broke a property goes here.
-const REGRESSIONS: &[(&[u8], Option<&str>)] = &[
-    (b"sync", None),
-    (b"sync:archive:a", None),
-    (b"status --json a", None),
-    (b"status a --json", None),
-    (b"'sync' \"a\"", None),
-    (b"sy'nc' a", None),
-    (b"sync ''", Some("bad-argument")),
-    (b"sync:archive:''", Some("bad-argument")),
-    (b"'' sync", Some("unknown-verb")),
-    (b"status -- --json", Some("bad-argument")),
-    (b"sync a\xc2\xa0", Some("bad-argument")),
-    (b"sync:archive:a..b", Some("bad-argument")),
-    (b"sync:archive:a.", None),
-];
-
-#[test]
-fn regressions_and_seed_corpus() {
-    for (raw, want) in REGRESSIONS {
-        check(raw).unwrap();
-        match (parse(Some(raw)), want) {
-            (Ok(_), None) => {}
-            (Err(r), Some(reason)) if r.reason() == *reason => {}
-            (got, _) => panic!(
-                "{:?}: got {got:?}, want {want:?}",
-                String::from_utf8_lossy(raw)
-            ),
-        }
-    }
-    let mut accepted = 0;
-    let mut seeds = 0;
-    for line in SEEDS.lines().filter(|l| !l.is_empty()) {
-        let raw = unescape(line);
-        check(&raw).unwrap();
-        seeds += 1;
-        if parse(Some(&raw)).is_ok() {
-            accepted += 1;
-        }
-    }
-    assert!(seeds > 50, "only {seeds} seeds");
-    assert!(
-        accepted > 5 && accepted < seeds,
-        "{accepted} of {seeds} seeds accepted"
-    );
-    check(&vec![b'a'; MAX_COMMAND_LEN + 1]).unwrap();
-    assert_eq!(parse(None), Err(Refusal::NoCommand));
-}
-
-#[test]
-fn the_reference_grammar_agrees_on_the_verb_table() {
-    for (text, ok) in [
-        ("help", true),
-        ("  sync  ", true),
-        ("sync a b", false),
-        ("status --json --json", false),
-        ("status a b", false),
-        ("sync:archive:", false),
-        ("sync:archive:-x", false),
-        ("status", true),
-    ] {
-        assert_eq!(reference(text).is_some(), ok, "{text}");
-        check(text.as_bytes()).unwrap();
     }
 }

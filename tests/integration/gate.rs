@@ -80,6 +80,36 @@ e2e_test! {
 }
 
 e2e_test! {
+    /// What Debian's runmirrors sends (one string, a leading space, the
+    /// archive word first, the name possibly empty) is accepted through the
+    /// real ssh client and sshd: each push is served by a run, and the
+    /// decision line shows the push in canonical form.
+    fn runmirrors_pushes_through_ssh_are_served() {
+        let mh = MirrorHost::new();
+        mh.put("iso", "a.iso", b"image");
+        mh.put("iso", "SHA256SUMS", b"x  a.iso\n");
+        let pushes = [
+            (" sync:archive:iso sync:all", "sync:archive:iso"),
+            (" sync:archive: sync:all", "sync:archive:"),
+            (" sync:archive:iso sync:stage1", "sync:archive:iso sync:stage1"),
+            (" sync:archive: sync:mhop sync:stage2", "sync:archive: sync:mhop sync:stage2"),
+            (" sync:archive:iso sync:callback sync:mhop sync:stage1", "sync:archive:iso sync:mhop sync:stage1 sync:callback"),
+        ];
+        for (i, (cmd, canonical)) in pushes.iter().enumerate() {
+            mh.ssh(Some(cmd)).status(0).stderr_contains("succeeded").stdout_empty().context(|| cmd.to_string()).run();
+            let decisions = mh.log.wait_events("decision", i + 1, Duration::from_secs(5));
+            let d = &decisions[i];
+            assert_eq!(d["decision"], "allow", "{cmd}: {d:?}");
+            assert_eq!(d["command"], *cmd, "{d:?}");
+            assert_eq!(d["action"], *canonical, "{d:?}");
+        }
+        assert_eq!(std::fs::read(mh.dest("iso").join("a.iso")).unwrap(), b"image");
+        assert_eq!(mh.log.events("outcome").len(), pushes.len());
+        assert_nothing_left(&mh);
+    }
+}
+
+e2e_test! {
     /// Twenty ssh clients that ask for a sync while one runs all succeed,
     /// and are served by exactly one further run: two runs in all, 21
     /// decision lines, 21 outcome lines, two of them `coalesced=no`.
@@ -282,6 +312,12 @@ e2e_test! {
             hostile("status of another mirror", "status other", noperm, "mirror-not-allowed"),
             hostile("status --json of another mirror", "status other --json", noperm, "mirror-not-allowed"),
             hostile("push word for another mirror", "sync:archive:other", noperm, "mirror-not-allowed"),
+            hostile("staged push for another mirror", " sync:archive:other sync:stage1", noperm, "mirror-not-allowed"),
+            // runmirrors-style pushes that break the push-word rules.
+            hostile("two stage words", " sync:archive:iso sync:stage1 sync:stage2", usage, "bad-argument"),
+            hostile("a push word twice", " sync:archive:iso sync:all sync:all", usage, "bad-argument"),
+            hostile("an unknown push word", " sync:archive:iso sync:stage3", usage, "bad-argument"),
+            hostile("a shell word after push words", " sync:archive:iso sync:all; id", usage, "bad-argument"),
             hostile("a mirror that does not exist", "sync nosuch", noperm, "mirror-not-allowed"),
         ];
         assert!(cases.len() >= 30);

@@ -1,5 +1,6 @@
 use super::*;
 use crate::gate::request::{parse, tests::valid_command};
+use crate::run::Stage;
 use proptest::prelude::*;
 
 fn cidr(s: &str) -> Cidr {
@@ -37,8 +38,13 @@ fn refused(cmd: &str, p: &KeyPolicy, client: Option<&str>, reason: &str) -> Stri
 }
 
 fn sync(ms: &[&str]) -> Action {
+    sync_at(ms, Stage::All)
+}
+
+fn sync_at(ms: &[&str], stage: Stage) -> Action {
     Action::Sync {
         mirrors: ms.iter().map(|m| m.to_string()).collect(),
+        stage,
     }
 }
 
@@ -57,8 +63,15 @@ fn a_key_with_one_mirror_syncs_it_by_default() {
     assert_eq!(run("sync", &p, None), Ok(sync(&["debian-cd"])));
     assert_eq!(run("sync debian-cd", &p, None), Ok(sync(&["debian-cd"])));
     assert_eq!(run("sync:all", &p, None), Ok(sync(&["debian-cd"])));
-    assert_eq!(run("sync:stage1", &p, None), Ok(sync(&["debian-cd"])));
-    assert_eq!(run("sync:stage2", &p, None), Ok(sync(&["debian-cd"])));
+    assert_eq!(
+        run("sync:stage1", &p, None),
+        Ok(sync_at(&["debian-cd"], Stage::Stage1))
+    );
+    assert_eq!(
+        run("sync:stage2", &p, None),
+        Ok(sync_at(&["debian-cd"], Stage::Stage2))
+    );
+    assert_eq!(run("sync:archive:", &p, None), Ok(sync(&["debian-cd"])));
     assert_eq!(
         run("sync:archive:debian-cd", &p, None),
         Ok(sync(&["debian-cd"]))
@@ -73,6 +86,57 @@ fn sync_without_a_name_is_ambiguous_for_a_key_with_several_mirrors() {
     refused("sync:stage1", &p, None, "ambiguous-mirror");
     assert_eq!(run("sync ubuntu", &p, None), Ok(sync(&["ubuntu"])));
     assert_eq!(run("sync:all", &p, None), Ok(sync(&["debian", "ubuntu"])));
+}
+
+#[test]
+fn runmirrors_pushes_pass_their_stage_through() {
+    let one = jenkins();
+    for (cmd, stage) in [
+        (" sync:archive:debian-cd sync:all", Stage::All),
+        (" sync:archive: sync:all", Stage::All),
+        (" sync:archive:debian-cd sync:stage1", Stage::Stage1),
+        (" sync:archive: sync:mhop sync:stage2", Stage::Stage2),
+        (" sync:archive: sync:stage1 sync:callback", Stage::Stage1),
+    ] {
+        assert_eq!(
+            run(cmd, &one, None),
+            Ok(sync_at(&["debian-cd"], stage)),
+            "{cmd}"
+        );
+    }
+    let two = policy(&[Verb::Sync], &["debian", "ubuntu"], &[]);
+    assert_eq!(
+        run(" sync:archive:ubuntu sync:mhop sync:stage2", &two, None),
+        Ok(sync_at(&["ubuntu"], Stage::Stage2))
+    );
+    for cmd in [
+        " sync:archive: sync:all",
+        " sync:archive: sync:stage1",
+        "sync:archive:",
+        "sync:mhop",
+    ] {
+        refused(cmd, &two, None, "ambiguous-mirror");
+    }
+    refused(
+        " sync:archive:fedora sync:stage1",
+        &two,
+        None,
+        "mirror-not-allowed",
+    );
+    // Push words need the sync verb like any sync.
+    let status_only = policy(&[Verb::Status], &["debian"], &[]);
+    refused(
+        " sync:archive:debian sync:stage1",
+        &status_only,
+        None,
+        "verb-not-allowed",
+    );
+    refused(
+        " sync:archive: sync:all",
+        &status_only,
+        None,
+        "verb-not-allowed",
+    );
 }
 
 #[test]
@@ -291,6 +355,7 @@ proptest! {
             ("sync MIRROR", ok(&format!("sync {some}"))),
             ("sync:all", ok("sync:all")),
             ("sync:archive:MIRROR", ok(&format!("sync:archive:{some}"))),
+            ("sync:archive:", ok("sync:archive:")),
             ("sync:stage1", ok("sync:stage1")),
             ("sync:stage2", ok("sync:stage2")),
             ("status [MIRROR] [--json]", ok("status") && ok(&format!("status {some} --json"))),
@@ -308,7 +373,11 @@ proptest! {
     fn authorize_never_exceeds_the_policy(p in policy_strategy(), (cmd, req) in valid_command()) {
         let _ = cmd;
         match authorize(&req, &p, None) {
-            Ok(Action::Sync { mirrors }) => {
+            Ok(Action::Sync { mirrors, stage }) => {
+                let Request::Sync { stage: asked, .. } = req else {
+                    return Err(TestCaseError::fail("a sync from a non-sync request"));
+                };
+                prop_assert_eq!(stage, asked);
                 prop_assert!(!mirrors.is_empty());
                 prop_assert!(p.verbs.contains(&Verb::Sync));
                 prop_assert!(mirrors.iter().all(|m| p.mirrors.contains(m)));

@@ -9,12 +9,24 @@ fn name(s: &str) -> Name {
     Name::new(s).expect("valid test name")
 }
 
-fn sync(target: Target, push: Option<Push>) -> Request {
-    Request::Sync { target, push }
+pub(crate) fn sync(target: Target, stage: Stage, push: Option<PushWords>) -> Request {
+    Request::Sync {
+        target,
+        stage,
+        push,
+    }
+}
+
+/// Push words with only `archive` set (or none at all).
+pub(crate) fn pushed(archive: bool) -> Option<PushWords> {
+    Some(PushWords {
+        archive,
+        ..PushWords::default()
+    })
 }
 
 fn sync_named(s: &str) -> Request {
-    sync(Target::Named(name(s)), None)
+    sync(Target::Named(name(s)), Stage::All, None)
 }
 
 fn status(mirror: Option<&str>, json: bool) -> Request {
@@ -52,20 +64,30 @@ fn every_line_of_the_verb_table_is_accepted() {
     let debian_cd = || Target::Named(name("debian-cd"));
     let table: &[(&str, Request)] = &[
         ("help", Request::Help),
-        ("sync", sync(Target::Default, None)),
+        ("sync", sync(Target::Default, Stage::All, None)),
         ("sync debian", sync_named("debian")),
         ("status", status(None, false)),
         ("status debian", status(Some("debian"), false)),
         ("status --json", status(None, true)),
         ("status debian --json", status(Some("debian"), true)),
         ("status --json debian", status(Some("debian"), true)),
-        ("sync:all", sync(Target::All, Some(Push::All))),
+        ("sync:all", sync(Target::All, Stage::All, pushed(false))),
         (
             "sync:archive:debian-cd",
-            sync(debian_cd(), Some(Push::Archive)),
+            sync(debian_cd(), Stage::All, pushed(true)),
         ),
-        ("sync:stage1", sync(Target::Default, Some(Push::Stage1))),
-        ("sync:stage2", sync(Target::Default, Some(Push::Stage2))),
+        (
+            "sync:archive:",
+            sync(Target::Default, Stage::All, pushed(true)),
+        ),
+        (
+            "sync:stage1",
+            sync(Target::Default, Stage::Stage1, pushed(false)),
+        ),
+        (
+            "sync:stage2",
+            sync(Target::Default, Stage::Stage2, pushed(false)),
+        ),
     ];
     for (input, expected) in table {
         assert_eq!(parse_str(input).as_ref(), Ok(expected), "{input}");
@@ -384,12 +406,7 @@ fn push_words_must_be_exact() {
     ] {
         assert_refused(input.as_bytes(), "unknown-verb");
     }
-    for input in [
-        "sync:archive:",
-        "sync:archive:-x",
-        "sync:archive:Debian",
-        "sync:archive:a:b",
-    ] {
+    for input in ["sync:archive:-x", "sync:archive:Debian", "sync:archive:a:b"] {
         assert_refused(input.as_bytes(), "bad-argument");
     }
 }
@@ -485,20 +502,11 @@ pub(crate) fn name_strategy() -> impl Strategy<Value = String> {
 pub(crate) fn valid_words() -> impl Strategy<Value = (Vec<String>, Request)> {
     let n = name_strategy;
     let w = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let stage = prop_oneof![Just(Push::Stage1), Just(Push::Stage2)];
     prop_oneof![
         Just((w(&["help"]), Request::Help)),
-        Just((w(&["sync"]), sync(Target::Default, None))),
+        Just((w(&["sync"]), sync(Target::Default, Stage::All, None))),
         n().prop_map(move |s| (w(&["sync", &s]), sync_named(&s))),
-        Just((w(&["sync:all"]), sync(Target::All, Some(Push::All)))),
-        n().prop_map(move |s| {
-            let target = Target::Named(name(&s));
-            (
-                w(&[&format!("sync:archive:{s}")]),
-                sync(target, Some(Push::Archive)),
-            )
-        }),
-        stage.prop_map(move |p| (w(&[p.as_str()]), sync(Target::Default, Some(p)))),
+        push::tests::push_words(),
         (proptest::option::of(n()), any::<bool>(), any::<bool>()).prop_map(
             move |(mirror, json, json_first)| {
                 let mut words = w(&["status"]);
