@@ -20,5 +20,6 @@ mod harness;
 mod hostile;
 mod load;
 mod privilege;
+mod push;
 mod ship;
 mod snapshot;

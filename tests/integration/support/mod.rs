@@ -32,6 +32,7 @@ pub mod ns;
 pub mod observer;
 pub mod procs;
 pub mod rsyncd;
+pub mod runmirrors;
 pub mod snapshots;
 pub mod sshd;
 pub mod syslog;
