@@ -160,7 +160,6 @@ fn fs_read(p: &std::path::Path) -> Vec<u8> {
 e2e_test! {
     /// `runmirrors -a iso` with an `all` line sends ` sync:archive:iso
     /// sync:all` once; syncgate syncs `iso`.
-    #[ignore = "needs the push-word parser (wt-push)"]
     fn runmirrors_all_with_a_named_archive() {
         let (mut mh, rm) = iso_host();
         let p = push(&mut mh, &rm, Mode::All, "iso");
@@ -171,7 +170,6 @@ e2e_test! {
 e2e_test! {
     /// Plain `runmirrors` (the main archive) sends ` sync:archive: sync:all`:
     /// the empty archive is the key's default mirror, its only one, `iso`.
-    #[ignore = "needs the push-word parser (wt-push)"]
     fn runmirrors_all_with_the_empty_archive() {
         let (mut mh, rm) = iso_host();
         let p = push(&mut mh, &rm, Mode::All, "");
@@ -183,7 +181,6 @@ e2e_test! {
     /// A `staged` line: ` sync:archive:iso sync:stage1`, and once that has
     /// returned (and every staged mirror of the list touched its stage-1
     /// lock) ` sync:archive:iso sync:stage2`.
-    #[ignore = "needs the push-word parser (wt-push)"]
     fn runmirrors_staged() {
         let (mut mh, rm) = iso_host();
         let p = push(&mut mh, &rm, Mode::Staged, "iso");
@@ -193,7 +190,6 @@ e2e_test! {
 
 e2e_test! {
     /// An `mhop` line: as staged, with `sync:mhop` before the stage word.
-    #[ignore = "needs the push-word parser (wt-push)"]
     fn runmirrors_mhop() {
         let (mut mh, rm) = iso_host();
         let p = push(&mut mh, &rm, Mode::Mhop, "iso");
@@ -205,7 +201,6 @@ e2e_test! {
     /// The same strings runmirrors sends, by plain `ssh`: each is allowed,
     /// exits 0 and ends in a successful run; parser regressions show here
     /// without runmirrors.
-    #[ignore = "needs the push-word parser (wt-push)"]
     fn runmirrors_strings_by_plain_ssh() {
         let mh = MirrorHost::new();
         mh.put("iso", "a.iso", b"image");
