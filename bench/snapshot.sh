@@ -214,7 +214,7 @@ else
   rss=n/a
 fi
 e=\${EPOCHREALTIME/./}
-printf '%s\t%s\t%s\t%s\t%s\n' "\$s" "\$e" "\$rc" "\$rss" "\$*" >>$(q "$WRAP_LOG")
+printf '%s\t%s\t%s\t%s\t%s\n' "\$s" "\$e" "\$rc" "\$rss" "\${*@Q}" >>$(q "$WRAP_LOG")
 exit \$rc
 EOF
 chmod 0755 "$WRAP"
@@ -566,7 +566,7 @@ rss_of() {
 # sync and the ftpsync calls with rsync = the timing wrapper, syncgate's
 # stderr lines time-stamped as they come.
 profile() {
-  local num=$1 n=$2 up=$3 r t0 t1 d
+  local num=$1 n=$2 up=$3 r t0 t1 d cmd
   ((PROFILE_RUNS > 0)) || return 0
   say "breakdown of scenario $num ($n files): $PROFILE_RUNS rounds"
   d=$RES/prof-s$num-$n
@@ -618,6 +618,37 @@ profile() {
         cp -al "$live" "$dst/.mirror.snapshots/cp-al-reference"
         stamp
         printf '%s\n' "$((NOW - t0))" >"$d/cpal-$r.t"
+        # The build's own argv run again alone, into a dir at the same depth
+        # (.mirror.snapshots/.bench-tmp/X/): once as it is (--link-dest
+        # absolute), once with --link-dest=../../ID (relative to the build
+        # dir: fewer path components for rsync 3.4+'s per-component walk),
+        # in turns.
+        local bargv id x
+        bargv=$(awk -F'\t' '$5 !~ /--dry-run/ { print $5 }' "$WRAP_LOG" | tail -n1)
+        id=${live##*/}
+        mkdir -p "$dst/.mirror.snapshots/.bench-tmp"
+        bargv=${bargv//"/.syncgate-tmp/build/'"/"/.bench-tmp/@X@/'"}
+        for x in abs rel; do
+          [[ $x == rel && $((r % 2)) == 1 ]] && continue
+          [[ $x == abs ]] && cmd=${bargv//@X@/abs}
+          [[ $x == rel ]] && cmd=${bargv//@X@/rel} && cmd=${cmd//"'--link-dest=$live'"/"'--link-dest=../../$id'"}
+          stamp
+          t0=$NOW
+          eval "$(q "$RSYNC") $cmd" >/dev/null 2>>"$RS_LOG" || die "build argv rerun ($x)"
+          stamp
+          printf '%s\n' "$((NOW - t0))" >"$d/build-$x-$r.t"
+          if [[ $x == abs && $((r % 2)) == 1 ]]; then
+            cmd=${bargv//@X@/rel}
+            cmd=${cmd//"'--link-dest=$live'"/"'--link-dest=../../$id'"}
+            stamp
+            t0=$NOW
+            eval "$(q "$RSYNC") $cmd" >/dev/null 2>>"$RS_LOG" || die "build argv rerun (rel)"
+            stamp
+            printf '%s\n' "$((NOW - t0))" >"$d/build-rel-$r.t"
+          fi
+        done
+        [[ $(find "$dst/.mirror.snapshots/.bench-tmp/rel" -type f -links 1 | wc -l) == $(find "$dst/.mirror.snapshots/.bench-tmp/abs" -type f -links 1 | wc -l) ]] ||
+          die "the relative --link-dest linked a different number of files"
       fi
     done
     rm -rf "$RUN"/p"$num"-*-"$r"
@@ -675,6 +706,8 @@ profile() {
   done
   [[ $num == 3 ]] && onerow "estimate, not in the run yet: verify = \"changed\", \`sha256sum\` of the new image" "$d"/sha-*.t
   onerow "reference: \`cp -al\` of the live tree (a bare hard-link farm)" "$d"/cpal-*.t
+  onerow "the build's argv rerun alone (absolute --link-dest=$RUN/pN-sg-R/.mirror.snapshots/ID)" "$d"/build-abs-*.t
+  onerow "the same with --link-dest=../../ID (relative to the build dir)" "$d"/build-rel-*.t
   onerow "ftpsync: both calls (same rounds)" "$tmp"/ftp-total-*
   onerow "↳ ftpsync stage 1 (no --delete, SHA256SUMS held back)" "$tmp"/ftp1-*
   onerow "↳ ftpsync stage 2 (--delete --delete-delay --delay-updates)" "$tmp"/ftp2-*
@@ -686,6 +719,44 @@ profile() {
   NOTES+=("scenario $num ($n files), breakdown: rsync calls of the last snapshot run (peak RSS KiB, argv): $(awk -F'\t' '{ printf "%s[%s KiB] %s", sep, $4, $5; sep = " ;; " }' "$d/sg-$PROFILE_RUNS.calls")")
 }
 
+# profile2 N ROUNDS: the no-change sync cut up, interleaved: the exact plan
+# argv (from the wrapper's log of one run) with and without --delete, a
+# names-only walk of the live snapshot (what the count thread does), plain
+# rsync -a, and the whole sync.
+profile2() {
+  local n=$1 rounds=$2 tag=p2-$1 plan live ref
+  ((PROFILE_RUNS > 0)) || return 0
+  say "breakdown of scenario 2 ($n files): $rounds rounds"
+  bash -c "$(copy_cmd "$P/rs" "$RUN/p2-rs")"
+  bash -c "$(copy_cmd "$P/sg" "$RUN/p2-sg")"
+  config_for "$RUN/p2-sg.toml" "$RUN/p2-state" "$RUN/p2-sg/mirror" snapshot "$UP0"
+  config_for "$RUN/p2-w.toml" "$RUN/p2-state" "$RUN/p2-sg/mirror" snapshot "$UP0" "$WRAP"
+  : >"$WRAP_LOG"
+  "$bin" --config "$RUN/p2-w.toml" sync bench >/dev/null 2>>"$SG_LOG" || die "syncgate sync (breakdown of scenario 2)"
+  plan=$(awk -F'\t' 'NR == 1 { print $5 }' "$WRAP_LOG")
+  [[ $plan == *--dry-run* && $plan == *"'--delete'"* ]] || die "no plan with --delete in $WRAP_LOG"
+  live=$(readlink -f "$RUN/p2-sg/mirror")
+  CMD[sync]=$(sg_cmd "$RUN/p2-sg.toml")
+  CMD[plan]="$(q "$RSYNC") $plan >/dev/null 2>>$(q "$RS_LOG")"
+  CMD[nodel]="$(q "$RSYNC") ${plan//" '--delete' "/ } >/dev/null 2>>$(q "$RS_LOG")"
+  CMD[count]="find $(q "$live") >/dev/null"
+  CMD[rsync]="$(q "$RSYNC") -a $(q "$UP0/") $(q "$RUN/p2-rs/") 2>>$(q "$RS_LOG")"
+  for ref in sync plan nodel count rsync; do PREP[$ref]=; done
+  bench_loop "$tag" "$rounds" sync plan nodel count rsync
+  ref=$(med "$tag" sync)
+  p2row() { # p2row NAME LABEL
+    local m lo hi
+    read -r m _ _ lo hi < <(st "$tag" "$1")
+    PROF_ROWS+=("| 2 ($n files) | $2 | $(fmt_s "$m") (cpu $(printf "%.2f" "$(cpu_med "$tag" "$1")") s) | $(printf '%.3f–%.3f' "$lo" "$hi") | $(awk -v a="$m" -v b="$ref" 'BEGIN { printf "%.0f%%", 100 * a / b }') |")
+  }
+  p2row sync "\`syncgate sync\`, no change (same rounds as below)"
+  p2row plan "↳ the plan alone, its exact argv (dry run, \`--delete\`)"
+  p2row nodel "↳ the same plan without \`--delete\` (what two-stage's plan is)"
+  p2row count "↳ \`find LIVE\`: a names-only walk of the live snapshot (the count, in a thread)"
+  p2row rsync "plain \`rsync -a\` no-change (same rounds)"
+  rm -rf "$RUN/p2-rs" "$RUN/p2-sg"
+}
+
 # ---- main -----------------------------------------------------------------------
 S3_TITLE="one image replaced + its SHA256SUMS"
 S4_TITLE="1% of small files changed, 10 added, 10 deleted"
@@ -694,7 +765,10 @@ run_size() { # run_size N ROUNDS MAIN(1|0)
   local n=$1 rounds=$2 main=$3 changed_bytes
   prepare_size "$n"
   if ((main)) && [[ $SCENARIOS == *" 1 "* ]]; then scenario1 "$n" "$rounds"; fi
-  if ((!main)) || [[ $SCENARIOS == *" 2 "* ]]; then scenario2 "$n" "$rounds"; fi
+  if ((!main)) || [[ $SCENARIOS == *" 2 "* ]]; then
+    scenario2 "$n" "$rounds"
+    if ((main)); then profile2 "$n" "$rounds"; fi
+  fi
   if ((main)) && [[ $SCENARIOS != *" 3 "* ]]; then :; else s3 "$n" "$rounds" "$main"; fi
   if ((main)) && [[ $SCENARIOS != *" 4 "* ]]; then :; else s4 "$n" "$rounds" "$main"; fi
   return 0
@@ -714,7 +788,7 @@ s3() {
 s4() {
   local n=$1 rounds=$2 main=$3 changed_bytes
   changed 4 "$n" "$rounds" "$UP4" 1.25 "$S4_TITLE"
-  changed_bytes=$(cd "$UP4" && find pool -type f \( -name '*_added.dat' -o -newer "$UP0/release.json" \) -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
+  changed_bytes=$("$RSYNC" -rcn --out-format='%l %n' "$UP4/" "$UP0/" | awk '$2 !~ /\/$/ { s += $1 } END { print s + 0 }')
   du_rows 4 "$n" "$changed_bytes"
   if [[ -x /usr/bin/time ]]; then
     config_for "$RUN/rss4.toml" "$RUN/rss4-state" "$RUN/rss4/mirror" snapshot "$UP4"
