@@ -101,6 +101,20 @@ pub fn change(plan: &Stats, code: i32, stderr_lines: usize, dest: Option<Kinds>)
     })
 }
 
+/// How many entries of dest (counted: `dest`) upstream no longer has,
+/// from a dry run without `--delete`: dest's entries minus those the run
+/// listed and found there (listed, less the transfer root, the unsafe
+/// symlinks and special files it skips, and what it would create). `None`
+/// when rsync did not count its list. Counts an admin's excluded files in
+/// dest too: an upper bound.
+pub fn gone(plan: &Stats, dest: Kinds) -> Option<u64> {
+    let l = plan.listed?;
+    let listed = (l.reg + l.dir + l.link + l.other)
+        .checked_sub(1 + plan.unsafe_links + plan.skipped_special)?;
+    let there = listed.saturating_sub(plan.files_created);
+    Some((dest.reg + dest.dir + dest.link + dest.other).saturating_sub(there))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +217,17 @@ mod tests {
         std::fs::create_dir(r.join("a").join(TEMP_DIR)).unwrap();
         assert_eq!(count_tree(r), k(2, 3, 2, 1));
         assert_eq!(count_tree(&r.join("missing")), None);
+    }
+
+    #[test]
+    fn what_is_gone_is_dest_less_what_the_dry_run_found_there() {
+        // Upstream: ./, 3 files, 1 dir, 1 unsafe symlink; 1 file is new.
+        let mut plan = listed(3, 2, 1, 0);
+        plan.unsafe_links = 1;
+        plan.files_created = 1;
+        // dest: the 2 old files, the dir, and 2 files upstream dropped.
+        assert_eq!(gone(&plan, k(4, 1, 0, 0).unwrap()), Some(2));
+        assert_eq!(gone(&plan, k(2, 1, 0, 0).unwrap()), Some(0));
+        assert_eq!(gone(&Stats::default(), k(2, 1, 0, 0).unwrap()), None);
     }
 }

@@ -134,7 +134,7 @@ fn building_rsync(mh: &MirrorHost) -> Vec<i32> {
         .copied()
         .filter(|&p| {
             let c = procs::cmdline(p);
-            c.contains("--link-dest=")
+            c.contains("/.syncgate-tmp/build/")
                 && !c.contains("--dry-run")
                 && !procs::parent_of(p).is_some_and(|pp| all.contains(&pp))
         })
@@ -373,7 +373,7 @@ e2e_test! {
         assert!(!root_of(&dest).exists(), "two-stage made a snapshot root");
 
         mh.set_opts("iso", opts().publish("snapshot").bwlimit(2000));
-        let big = bytes(2 << 20, 7100);
+        let big = bytes(4 << 20, 7100);
         let s2 = small_release(&mh, 2, &[("big.iso", &big)]);
         let reader = ReleaseReader::start(&mh.host, READER, &dest, "SHA256SUMS");
         // And a tight loop as root: dest must resolve at every instant.

@@ -93,34 +93,34 @@ pub fn rsync_plan(cfg: &Config, m: &Mirror) -> Vec<String> {
 }
 
 /// The plan of a snapshot-published mirror: [`rsync_plan`] against the
-/// live snapshot `live`, with `--delete`, so rsync also counts what the new
-/// snapshot would no longer have (its stats' deleted files, checked against
-/// max_delete before anything is built). No `--temp-dir`: a dry run writes
-/// nothing.
-pub fn rsync_snapshot_plan(cfg: &Config, m: &Mirror, live: &Path) -> Vec<String> {
+/// live snapshot `live`. With `delete`, rsync also counts exactly what the
+/// new snapshot would no longer have (its stats' deleted files, checked
+/// against max_delete before anything is built); that costs a second look
+/// at every directory, so it runs only when the counts the plan made
+/// cannot say ([`crate::owner::plan::gone`]). No `--temp-dir`: a dry run
+/// writes nothing.
+pub fn rsync_snapshot_plan(cfg: &Config, m: &Mirror, live: &Path, delete: bool) -> Vec<String> {
     let mut v = with_temp_dir(cfg, m, false);
     v.push("--dry-run".into());
     v.push("--itemize-changes".into());
     v.push("--info=name1".into());
-    v.push("--delete".into());
+    if delete {
+        v.push("--delete".into());
+    }
     v.push(m.upstream.source_arg());
     v.push(format!("{}/", live.display()));
     v
 }
 
-/// Building a snapshot: one pass into the private directory `build`, every
-/// file that is unchanged against the live snapshot `live` hard-linked from
-/// it (`--link-dest`: rsync links only a file whose contents, mode, group
-/// and mtime all match, so no shared inode is ever written), the rest
-/// written next to its target and renamed into place, as plain `rsync -a`
-/// does (never `--inplace`). `--delete` clears what an earlier, unfinished
-/// build left that upstream no longer has.
-pub fn rsync_snapshot(cfg: &Config, m: &Mirror, build: &Path, live: Option<&Path>) -> Vec<String> {
+/// Building a snapshot: one pass into the private directory `build`, which
+/// starts as a link farm of the live snapshot (src/owner/snapshot/farm.rs).
+/// A changed file is written next to its target and renamed into place, as
+/// plain `rsync -a` does (never `--inplace`): it becomes a new inode, and
+/// the live snapshot's stays as it was. `--delete` removes what upstream no
+/// longer has (from the farm, or what an unfinished build left).
+pub fn rsync_snapshot(cfg: &Config, m: &Mirror, build: &Path) -> Vec<String> {
     let mut v = with_temp_dir(cfg, m, false);
     v.push("--delete".into());
-    if let Some(live) = live {
-        v.push(format!("--link-dest={}", live.display()));
-    }
     v.push(m.upstream.source_arg());
     v.push(format!("{}/", build.display()));
     v
@@ -278,8 +278,8 @@ mod tests {
             rsync_fresh(&cfg, m),
             rsync_stage1(&cfg, m),
             rsync_stage2(&cfg, m),
-            rsync_snapshot(&cfg, m, dest, Some(dest)),
-            rsync_snapshot_plan(&cfg, m, dest),
+            rsync_snapshot(&cfg, m, dest),
+            rsync_snapshot_plan(&cfg, m, dest, true),
         ] {
             assert!(
                 argv.iter()

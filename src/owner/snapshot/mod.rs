@@ -1,11 +1,12 @@
 //! The snapshot route (`publish = "snapshot"`): every release a reader can
 //! see is one whole, verified tree.
 //!
-//! 1. the plan: one dry run against the live snapshot (with `--delete`, so
-//!    it also counts what would go); when nothing is to be published or
-//!    deleted, the transfer ends here and builds nothing;
-//! 2. the build: one rsync pass into a private directory beside the live
-//!    snapshot, unchanged files hard-linked from it (`--link-dest`);
+//! 1. the plan: one dry run against the live snapshot, while its entries
+//!    are counted; when nothing is to be published or deleted, the transfer
+//!    ends here and builds nothing; the counts also say how much would go
+//!    (checked against `max_delete`);
+//! 2. the build: a link farm of the live snapshot in a private directory
+//!    beside it (`farm.rs`), then one rsync pass that replaces what changed;
 //! 3. fix-perms on the build (only what rsync wrote can be wrong: a linked
 //!    file is the live one's inode, already right);
 //! 4. verification: the checksum files of the build against the files they
@@ -21,6 +22,7 @@
 //! on it. One that fails verification removes its build, so nothing it
 //! brought is trusted later without being checked again.
 
+mod farm;
 pub mod layout;
 mod rollback;
 
@@ -122,7 +124,7 @@ impl Transfer<'_> {
         let m = self.mirror;
         let dir = live.to_path_buf();
         let counter = std::thread::spawn(move || crate::owner::plan::count_tree(&dir));
-        let end = self.run_rsync(&argv::rsync_snapshot_plan(self.cfg, m, live))?;
+        let end = self.run_rsync(&argv::rsync_snapshot_plan(self.cfg, m, live, false))?;
         let counted = counter.join().unwrap_or(None);
         if end.stopped || end.signal.is_some() || !matches!(end.code, 0 | 24) {
             return Ok(PlanEnd::Stop(Box::new(plan_failed(end))));
@@ -133,8 +135,23 @@ impl Transfer<'_> {
                 crate::sys::progress::say(&format!("changed: {why}"));
             }
         }
-        let deletes = end.stats.files_deleted;
-        report.plan = Some(end.stats);
+        // What the new snapshot will not have, from the counts the plan
+        // already made; when they cannot say, or say too many (an admin's
+        // excluded files in dest count too), a dry run with --delete counts
+        // exactly.
+        let mut stats = end.stats;
+        stats.files_deleted = match counted.and_then(|c| crate::owner::plan::gone(&stats, c)) {
+            Some(n) if n <= m.max_delete => n,
+            _ => {
+                let exact = self.run_rsync(&argv::rsync_snapshot_plan(self.cfg, m, live, true))?;
+                if exact.stopped || exact.signal.is_some() || !matches!(exact.code, 0 | 24) {
+                    return Ok(PlanEnd::Stop(Box::new(plan_failed(exact))));
+                }
+                exact.stats.files_deleted
+            }
+        };
+        let deletes = stats.files_deleted;
+        report.plan = Some(stats);
         if deletes > m.max_delete {
             report.rsync_exit = Some(25);
             report.message = format!(
@@ -167,7 +184,23 @@ impl Transfer<'_> {
                 None => String::new(),
             }
         ));
-        let end = self.run_rsync(&argv::rsync_snapshot(self.cfg, self.mirror, build, live))?;
+        if let Some(live) = live {
+            match farm::link_farm(live, build, self.mirror.dir_mode) {
+                Ok(f) => {
+                    crate::sys::progress::say(&format!(
+                        "snapshot: {} directories made and {} entries hard-linked from the live snapshot",
+                        f.dirs, f.links
+                    ));
+                }
+                Err(e) => {
+                    report.message = format!(
+                        "building the snapshot failed: {e}; the live snapshot is unchanged"
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+        let end = self.run_rsync(&argv::rsync_snapshot(self.cfg, self.mirror, build))?;
         report.stage1 = end.stats.clone();
         report.rsync_exit = Some(end.code);
         if end.stopped {
