@@ -625,6 +625,8 @@ profile() {
         # in turns.
         local bargv id x
         bargv=$(awk -F'\t' '$5 !~ /--dry-run/ { print $5 }' "$WRAP_LOG" | tail -n1)
+        # Only for a build made with --link-dest (before the link farm).
+        [[ $bargv == *--link-dest* ]] || continue
         id=${live##*/}
         mkdir -p "$dst/.mirror.snapshots/.bench-tmp"
         bargv=${bargv//"/.syncgate-tmp/build/'"/"/.bench-tmp/@X@/'"}
@@ -680,11 +682,11 @@ profile() {
   }
   segrow total "\`syncgate sync\`, publish = \"snapshot\" (wrapper included)"
   segrow start_to_plan "↳ start → plan rsync starts (gate, spawn of \`transfer\`, layout)"
-  segrow plan "↳ the plan: dry run with --delete against the live snapshot (+ count in a thread)"
-  segrow plan_to_build "↳ plan end → build starts"
-  segrow build "↳ the build: rsync --link-dest=LIVE into .syncgate-tmp/build"
+  segrow plan "↳ the plan: dry run against the live snapshot (+ count in a thread)"
+  segrow plan_to_build "↳ plan end → build rsync starts (the link farm of the live snapshot)"
+  segrow build "↳ the build: rsync into the farm in .syncgate-tmp/build"
   segrow fixperms "↳ fix-perms over the whole new tree (build end → \`permissions:\` line)"
-  segrow switch_prune "↳ verification (no-op today) + renames + prune (→ \`is live\` line)"
+  segrow switch_prune "↳ verification + renames + prune (→ \`is live\` line)"
   segrow tail "↳ after the \`is live\` line (state, exit)"
   onerow() { # onerow LABEL FILES... (µs per line)
     local label=$1 m lo hi
@@ -733,12 +735,15 @@ profile2() {
   config_for "$RUN/p2-w.toml" "$RUN/p2-state" "$RUN/p2-sg/mirror" snapshot "$UP0" "$WRAP"
   : >"$WRAP_LOG"
   "$bin" --config "$RUN/p2-w.toml" sync bench >/dev/null 2>>"$SG_LOG" || die "syncgate sync (breakdown of scenario 2)"
-  plan=$(awk -F'\t' 'NR == 1 { print $5 }' "$WRAP_LOG")
-  [[ $plan == *--dry-run* && $plan == *"'--delete'"* ]] || die "no plan with --delete in $WRAP_LOG"
+  # The plan is the dry run that names what it skips (--info=name1); the
+  # busy probe before it does not.
+  plan=$(awk -F'\t' '$5 ~ /--info=name1/ { print $5; exit }' "$WRAP_LOG")
+  [[ $plan == *--dry-run* ]] || die "no plan in $WRAP_LOG"
   live=$(readlink -f "$RUN/p2-sg/mirror")
   CMD[sync]=$(sg_cmd "$RUN/p2-sg.toml")
   CMD[plan]="$(q "$RSYNC") $plan >/dev/null 2>>$(q "$RS_LOG")"
-  CMD[nodel]="$(q "$RSYNC") ${plan//" '--delete' "/ } >/dev/null 2>>$(q "$RS_LOG")"
+  local withdel="'--dry-run' '--delete'"
+  CMD[nodel]="$(q "$RSYNC") ${plan//"'--dry-run'"/$withdel} >/dev/null 2>>$(q "$RS_LOG")"
   CMD[count]="find $(q "$live") >/dev/null"
   CMD[rsync]="$(q "$RSYNC") -a $(q "$UP0/") $(q "$RUN/p2-rs/") 2>>$(q "$RS_LOG")"
   for ref in sync plan nodel count rsync; do PREP[$ref]=; done
@@ -750,8 +755,8 @@ profile2() {
     PROF_ROWS+=("| 2 ($n files) | $2 | $(fmt_s "$m") (cpu $(printf "%.2f" "$(cpu_med "$tag" "$1")") s) | $(printf '%.3f–%.3f' "$lo" "$hi") | $(awk -v a="$m" -v b="$ref" 'BEGIN { printf "%.0f%%", 100 * a / b }') |")
   }
   p2row sync "\`syncgate sync\`, no change (same rounds as below)"
-  p2row plan "↳ the plan alone, its exact argv (dry run, \`--delete\`)"
-  p2row nodel "↳ the same plan without \`--delete\` (what two-stage's plan is)"
+  p2row plan "↳ the plan alone, its exact argv (dry run)"
+  p2row nodel "↳ the same plan with \`--delete\` (the plan before the counts gave the deletions)"
   p2row count "↳ \`find LIVE\`: a names-only walk of the live snapshot (the count, in a thread)"
   p2row rsync "plain \`rsync -a\` no-change (same rounds)"
   rm -rf "$RUN/p2-rs" "$RUN/p2-sg"
