@@ -982,3 +982,49 @@ e2e_test! {
         support::assert_contains(&report, "FAIL mirror iso: publishing snapshots needs dest's parent");
     }
 }
+
+e2e_test! {
+    /// Coalescing with stages: while a `sync:stage1` run builds, a burst of
+    /// `sync` requests and a `sync:stage2` queue behind it. None of them is
+    /// answered by the stage-1 run (it did not publish); one further run
+    /// serves them all and makes the release live. Asserted from the state
+    /// file: who was served by which run.
+    fn requests_queued_behind_a_stage_1_run_are_served_by_a_run_that_publishes() {
+        let mut mh = MirrorHost::snapshots();
+        let dest = mh.dest("iso");
+        small_release(&mh, 1, &[]);
+        sync_ok(&mh);
+        let id1 = live_id(&dest);
+
+        let big = bytes(3 << 20, 7300);
+        let s2 = small_release(&mh, 2, &[("big.iso", &big)]);
+        mh.set_opts("iso", opts().bwlimit(1000));
+        let stage1 = mh.ssh(Some("sync:stage1")).status(0).spawn();
+        wait_building(&mh, &dest);
+        let mut waiting: Vec<_> = (0..4).map(|_| mh.ssh(Some("sync")).status(0).spawn()).collect();
+        waiting.push(mh.ssh(Some("sync:archive:iso sync:stage2")).status(0).spawn());
+        let queued = wait_until(Duration::from_secs(30), || {
+            mh.host.sshd_log().matches("Starting session").count() >= 2 + 5
+        });
+        assert!(queued.is_some(), "the burst did not arrive:\n{}", mh.host.sshd_log());
+        std::thread::sleep(Duration::from_millis(500));
+        stage1.finish_within(Duration::from_secs(60));
+        for w in waiting {
+            w.finish_within(Duration::from_secs(60));
+        }
+
+        let st = mh.state("iso");
+        let runs = st["runs"].as_array().unwrap();
+        let brief: Vec<_> = runs
+            .iter()
+            .map(|r| (r["run"].as_u64(), r["stage"].as_str(), r["served"].as_u64()))
+            .collect();
+        assert_eq!(
+            brief,
+            vec![(Some(1), None, Some(1)), (Some(2), Some("stage1"), Some(1)), (Some(3), None, Some(5))],
+            "{st}"
+        );
+        assert_ne!(live_id(&dest), id1);
+        assert_eq!(fs::read(dest.join("SHA256SUMS")).unwrap(), s2);
+    }
+}
