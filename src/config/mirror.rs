@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
+use super::names;
 use super::names::{lookup_gid, lookup_uid, MirrorName};
 use super::paths::{is_clean_absolute, no_control};
 use super::perm::{parse_mode, PermPolicy};
 use super::raw::{RawMirror, Source};
-use super::{Mirror, Privilege, Upstream, DEFAULT_BUSY_MARKER, DEFAULT_LAST};
+use super::{Mirror, Privilege, Upstream, DEBIAN_LAST, DEFAULT_BUSY_MARKER, DEFAULT_LAST};
 use crate::error::Result;
 
 /// Checks one mirror table; every error names `mirror.NAME.KEY`.
@@ -63,12 +64,35 @@ pub(super) fn validate_mirror(
         .iter()
         .map(|p| pattern(p, "exclude"))
         .collect::<Result<Vec<_>>>()?;
+    let debian = match &m.profile {
+        Some(p) if p.get_ref() == "debian" => true,
+        Some(p) => {
+            return src.err(
+                p.span(),
+                &key("profile"),
+                format!("{:?} is not a profile (known: \"debian\")", p.get_ref()),
+            )
+        }
+        None => false,
+    };
     let last = match &m.last {
         Some(v) => v
             .iter()
             .map(|p| pattern(p, "last"))
             .collect::<Result<Vec<_>>>()?,
+        None if debian => DEBIAN_LAST.iter().map(|s| s.to_string()).collect(),
         None => DEFAULT_LAST.iter().map(|s| s.to_string()).collect(),
+    };
+    let trace_host = match &m.trace_host {
+        Some(h) if names::valid_host(h.get_ref()) => Some(h.get_ref().clone()),
+        Some(h) => {
+            return src.err(
+                h.span(),
+                &key("trace_host"),
+                format!("{:?} is not a host name", h.get_ref()),
+            )
+        }
+        None => None,
     };
     let busy_marker = match &m.busy_marker {
         Some(v) => v
@@ -117,6 +141,8 @@ pub(super) fn validate_mirror(
             Some(v) => max_waiting(src, v, &key("max_waiting"))?,
             None => DEFAULT_MAX_WAITING,
         },
+        trace: m.trace.unwrap_or(debian),
+        trace_host,
         busy_marker,
         busy_wait: secs(&m.busy_wait, "busy_wait", 3600)?,
         publish,

@@ -48,7 +48,7 @@ use raw::{RawSyslog, Source};
 
 pub use cidr::{Cidr, CidrError};
 pub use facility::Facility;
-pub use names::{lookup_gid, lookup_uid, valid_name, MirrorName, SUBCOMMANDS};
+pub use names::{lookup_gid, lookup_uid, valid_host, valid_name, MirrorName, SUBCOMMANDS};
 pub use paths::sudoers_safe;
 pub use perm::{parse_mode, InvalidPolicy, PermPolicy};
 pub use publish::{
@@ -62,6 +62,19 @@ pub const DEFAULT_PATH: &str = "/etc/syncgate/syncgate.toml";
 /// Patterns published only after everything else (rsync filter syntax).
 /// What says an upstream is being updated unless `busy_marker` says.
 pub const DEFAULT_BUSY_MARKER: &[&str] = &["Archive-Update-in-Progress-*"];
+
+/// `last` of `profile = "debian"`: what ftpsync holds back from its first
+/// stage (the archive's indices), so a Debian archive mirror published in
+/// place is consistent with three lines of config.
+pub const DEBIAN_LAST: &[&str] = &[
+    "Packages*",
+    "Sources*",
+    "Release*",
+    "InRelease",
+    "i18n/*",
+    "ls-lR*",
+    "*.diff/Index",
+];
 
 pub const DEFAULT_LAST: &[&str] = &[
     "SHA256SUMS*",
@@ -137,6 +150,10 @@ pub struct Mirror {
     /// At most this many SSH requests wait for the mirror's lock; one more
     /// is refused at once (exit 75).
     pub max_waiting: u64,
+    /// Write Debian's trace file `project/trace/HOST` with each publish.
+    pub trace: bool,
+    /// The HOST of the trace file (default: this machine's hostname).
+    pub trace_host: Option<String>,
     /// Name patterns (rsync wildcards) of entries at upstream's top that say
     /// it is being updated (Debian's `Archive-Update-in-Progress-*`): a run
     /// waits while one is there, and never copies them.

@@ -24,6 +24,17 @@ pub const SUBCOMMANDS: &[&str] = &[
     "help",
 ];
 
+/// A host name for a trace file: letters, digits, `-` and `.`, at most 253
+/// bytes, not starting with `-` or `.` (it names a file in dest).
+pub fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && !h.starts_with(['-', '.'])
+        && !h.contains("..")
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// A validated mirror name: `^[a-z0-9][a-z0-9._-]{0,63}$`, not containing `..`.
 ///
 /// The one definition of the grammar: mirror and key names in the

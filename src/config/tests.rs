@@ -1162,3 +1162,30 @@ fn publishing_keys_are_checked() {
     ))
     .contains("unknown field"));
 }
+
+#[test]
+fn the_debian_profile_holds_back_the_indices_and_writes_a_trace_file() {
+    let cfg = ok(&mirror("profile = \"debian\"\n"));
+    let m = the_mirror(&cfg);
+    assert_eq!(m.last, DEBIAN_LAST);
+    assert!(m.trace);
+    assert_eq!(m.trace_host, None);
+    let cfg = ok(&mirror("profile = \"debian\"\ntrace = false\nlast = [\"x\"]\ntrace_host = \"mirror.example.org\"\n"));
+    let m = the_mirror(&cfg);
+    assert_eq!(
+        (m.trace, m.last.as_slice()),
+        (false, ["x".to_string()].as_slice())
+    );
+    assert_eq!(m.trace_host.as_deref(), Some("mirror.example.org"));
+    assert!(!the_mirror(&ok(&mirror(""))).trace);
+    refused(
+        &mirror("profile = \"arch\"\n"),
+        7,
+        "mirror.m.profile: \"arch\" is not a profile",
+    );
+    refused(
+        &mirror("trace_host = \"../x\"\n"),
+        7,
+        "mirror.m.trace_host: \"../x\" is not a host name",
+    );
+}

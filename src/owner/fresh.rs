@@ -87,6 +87,7 @@ impl Transfer<'_> {
         report.ok = true;
         report.perms_done = true;
         report.message = format!("first sync {}", transferred(report.rsync_exit));
+        self.write_trace(&m.dest, &report);
         Ok(report)
     }
 }

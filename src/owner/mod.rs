@@ -30,6 +30,7 @@ mod report;
 pub mod rsync;
 pub mod snapshot;
 mod staged;
+mod trace;
 mod transfer;
 mod trust;
 pub mod verify;

@@ -79,7 +79,11 @@ impl Transfer<'_> {
         let dest = self.mirror.dest.clone();
         let counter = std::thread::spawn(move || plan::count_tree(&dest));
         let end = self.run_rsync(&argv::rsync_plan(self.cfg, self.mirror))?;
-        let counted = counter.join().unwrap_or(None);
+        let counted = crate::owner::trace::discount(
+            self.mirror,
+            &self.mirror.dest,
+            counter.join().unwrap_or(None),
+        );
         if end.stopped || end.signal.is_some() || !matches!(end.code, 0 | 24) {
             return Ok(Plan::Failed(end));
         }
@@ -169,6 +173,7 @@ impl Transfer<'_> {
         } else {
             report.ok = true;
             report.message = transferred(Some(code));
+            self.write_trace(&self.mirror.dest, report);
         }
         Ok(())
     }

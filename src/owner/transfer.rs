@@ -21,6 +21,8 @@ pub struct Transfer<'a> {
     /// The owner's home directory (rsync's `HOME`, for ssh's files).
     home: String,
     pub lock: DestLock,
+    /// When it began (seconds since the epoch), for the trace file.
+    started: u64,
     /// Set when the gate is gone: every rsync is stopped.
     pub(super) cut: Arc<AtomicBool>,
 }
@@ -34,6 +36,7 @@ impl<'a> Transfer<'a> {
             mirror,
             home: home_of(nix::unistd::getuid().as_raw()),
             lock,
+            started: crate::run::now(),
             cut,
         })
     }
@@ -86,6 +89,20 @@ impl<'a> Transfer<'a> {
         // lets go (src/owner/dest.rs); what an aborted run leaves is removed
         // at the next run.
         result
+    }
+
+    /// Writes the trace file into the tree at `root` after a publish (when
+    /// the mirror has one); a failure is said, not fatal: the release is
+    /// published (or about to be) whatever its trace says.
+    pub fn write_trace(&self, root: &std::path::Path, report: &TransferReport) {
+        let p = crate::owner::trace::Publish {
+            started: self.started,
+            bytes_received: report.stage1.bytes_received
+                + report.stage2.as_ref().map_or(0, |s| s.bytes_received),
+        };
+        if let Err(e) = crate::owner::trace::write(self.mirror, root, &p) {
+            crate::sys::progress::say(&format!("warning: trace file: {e}"));
+        }
     }
 
     /// Runs one rsync of this transfer (see [`run_rsync`]).

@@ -1028,3 +1028,31 @@ e2e_test! {
         assert_eq!(fs::read(dest.join("SHA256SUMS")).unwrap(), s2);
     }
 }
+
+e2e_test! {
+    /// `profile = "debian"` writes Debian's trace file
+    /// `project/trace/HOST` with each publish, as the owner, in the fields
+    /// ftpsync writes (the archive serial from upstream's master trace
+    /// included); it never makes a no-change sync look changed.
+    fn a_debian_profile_mirror_writes_its_trace_file() {
+        let mut mh = MirrorHost::snapshots();
+        mh.set_opts("iso", Opts::default().profile("debian"));
+        let dest = mh.dest("iso");
+        small_release(&mh, 1, &[]);
+        put_at(&mh, "project/trace/master", b"Thu Dec  3 00:00:00 UTC 2026\nArchive serial: 2026120301\n", 1_700_000_000);
+        sync_ok(&mh);
+        let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+        let trace = dest.join("project/trace").join(&host);
+        let text = fs::read_to_string(&trace).unwrap();
+        for field in ["Date: ", "Date-Started: ", "Archive serial: 2026120301", "Creator: syncgate ", &format!("Running on host: {host}"), "Upstream-mirror: localhost", "Total bytes received in rsync: "] {
+            support::assert_contains(&text, field);
+        }
+        let md = fs::metadata(&trace).unwrap();
+        assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (mh.owner.uid, gid_of(READER_GROUP), 0o640));
+        support::assert_contains(&sync_ok(&mh), UNCHANGED);
+        small_release(&mh, 2, &[]);
+        sync_ok(&mh);
+        assert_ne!(fs::read_to_string(&trace).unwrap(), "", "the trace file vanished");
+        support::assert_contains(&sync_ok(&mh), UNCHANGED);
+    }
+}

@@ -33,6 +33,11 @@ fn with_temp_dir(cfg: &Config, m: &Mirror, temp_dir: bool) -> Vec<String> {
         v.push(format!("--temp-dir={TEMP_DIR}"));
     }
     private_names(&mut v);
+    // Our own trace file: never taken from upstream, never deleted.
+    if let Some(rel) = crate::owner::trace::rel_path(m) {
+        v.push(format!("--filter=P /{}", rel.display()));
+        v.push(format!("--exclude=/{}", rel.display()));
+    }
     // Upstream's "being updated" markers are never copied (ftpsync's rule).
     for b in &m.busy_marker {
         v.push(format!("--exclude=/{b}"));

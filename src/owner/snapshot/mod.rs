@@ -105,6 +105,7 @@ impl Transfer<'_> {
             report.snapshot = info(&root, &was, false);
             return Ok(report);
         }
+        self.write_trace(&build, &report);
         let id = self.go_live(&root, &build, &was)?;
         let kept = layout::prune(&root, m.publish.keep, &id)?;
         crate::sys::progress::say(&format!("snapshot {id} is live; kept: {}", kept.join(" ")));
@@ -125,7 +126,7 @@ impl Transfer<'_> {
         let dir = live.to_path_buf();
         let counter = std::thread::spawn(move || crate::owner::plan::count_tree(&dir));
         let end = self.run_rsync(&argv::rsync_snapshot_plan(self.cfg, m, live, false))?;
-        let counted = counter.join().unwrap_or(None);
+        let counted = crate::owner::trace::discount(m, live, counter.join().unwrap_or(None));
         if end.stopped || end.signal.is_some() || !matches!(end.code, 0 | 24) {
             return Ok(PlanEnd::Stop(Box::new(plan_failed(end))));
         }

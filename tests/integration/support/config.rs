@@ -56,6 +56,8 @@ pub struct Opts {
     pub keep: Option<u64>,
     /// `busy_wait = N`: seconds a run waits for upstream's update.
     pub busy_wait: Option<u64>,
+    /// `profile = "debian"`.
+    pub profile: Option<&'static str>,
     /// `verify = "changed" | "all" | "off"`.
     pub verify: Option<&'static str>,
     /// `checksum_files = [...]` (`Some(vec![])` renders an empty list).
@@ -121,6 +123,10 @@ impl Opts {
     }
     pub fn keep(mut self, n: u64) -> Opts {
         self.keep = Some(n);
+        self
+    }
+    pub fn profile(mut self, p: &'static str) -> Opts {
+        self.profile = Some(p);
         self
     }
     pub fn busy_wait(mut self, secs: u64) -> Opts {
@@ -285,6 +291,7 @@ impl Mirror {
             ("file_mode", o.file_mode),
             ("dir_mode", o.dir_mode),
             ("publish", o.publish),
+            ("profile", o.profile),
             ("verify", o.verify),
         ];
         for (key, value) in words {
