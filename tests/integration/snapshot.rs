@@ -1049,10 +1049,10 @@ e2e_test! {
         }
         let md = fs::metadata(&trace).unwrap();
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (mh.owner.uid, gid_of(READER_GROUP), 0o640));
-        support::assert_contains(&sync_ok(&mh), UNCHANGED);
+        support::assert_contains(sync_ok(&mh), UNCHANGED);
         small_release(&mh, 2, &[]);
         sync_ok(&mh);
         assert_ne!(fs::read_to_string(&trace).unwrap(), "", "the trace file vanished");
-        support::assert_contains(&sync_ok(&mh), UNCHANGED);
+        support::assert_contains(sync_ok(&mh), UNCHANGED);
     }
 }
