@@ -244,12 +244,15 @@ upstream = "$UP"
 dest = "$3"
 owner = "$OWNER"
 reader_group = "$GROUP"
+# The in-place route; bench/snapshot.sh measures snapshots.
+publish = "two-stage"
 
 [mirror.burst]
 upstream = "$UP"
 dest = "$D_BURST"
 owner = "$OWNER"
 reader_group = "$GROUP"
+publish = "two-stage"
 bwlimit = $BURST_BWLIMIT
 TOML
 }
