@@ -29,11 +29,14 @@ pub enum Exit {
     NotPermitted = 77,
     /// Configuration error (EX_CONFIG).
     Config = 78,
+    /// A request of a key with `runmirrors = true` did not succeed: 255 is
+    /// the only status Debian's runmirrors notices (it is ssh's own).
+    PushFailed = 255,
 }
 
 impl Exit {
     /// Every exit code, in ascending order.
-    pub const ALL: [Exit; 7] = [
+    pub const ALL: [Exit; 8] = [
         Exit::Ok,
         Exit::SyncFailed,
         Exit::Usage,
@@ -41,6 +44,7 @@ impl Exit {
         Exit::QueueTimeout,
         Exit::NotPermitted,
         Exit::Config,
+        Exit::PushFailed,
     ];
 
     /// The process exit status.
@@ -58,6 +62,7 @@ impl Exit {
             Exit::QueueTimeout => "queue timeout",
             Exit::NotPermitted => "not permitted",
             Exit::Config => "configuration error",
+            Exit::PushFailed => "a runmirrors key's request did not succeed",
         }
     }
 
@@ -78,6 +83,10 @@ impl Exit {
             Exit::NotPermitted => "SSH request not permitted for this key.",
             Exit::Config => {
                 "Configuration error; the message names the file, the line and the key."
+            }
+            Exit::PushFailed => {
+                "A request of a key with runmirrors = true was refused or did not succeed; \
+                 Debian's runmirrors notices no other status (it takes it for ssh's own)."
             }
         }
     }
@@ -217,7 +226,7 @@ mod tests {
     #[test]
     fn the_codes_are_the_documented_ones_in_ascending_order() {
         let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
-        assert_eq!(codes, [0, 1, 64, 70, 75, 77, 78]);
+        assert_eq!(codes, [0, 1, 64, 70, 75, 77, 78, 255]);
         for c in 0..=u8::MAX {
             assert_eq!(Exit::try_from(c).is_ok(), codes.contains(&c), "{c}");
         }
@@ -228,7 +237,7 @@ mod tests {
         assert_eq!(
             Exit::help_text(),
             "Exit codes: 0 success, 1 sync failed, 64 usage or request not understood, \
-             70 internal error, 75 queue timeout, 77 not permitted, 78 configuration error."
+             70 internal error, 75 queue timeout, 77 not permitted, 78 configuration error, 255 a runmirrors key's request did not succeed."
         );
     }
 

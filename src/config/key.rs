@@ -63,5 +63,6 @@ pub(super) fn validate_key(
         mirrors: ms,
         from,
         max_waiting,
+        runmirrors: k.runmirrors.unwrap_or(false),
     })
 }

@@ -234,6 +234,9 @@ pub struct KeyConfig {
     /// At most this many of the key's requests wait (for any mirror);
     /// `None`: only the mirror's `max_waiting` applies.
     pub max_waiting: Option<u64>,
+    /// Debian's runmirrors pushes with this key: a request that does not
+    /// succeed exits 255, the one status runmirrors notices.
+    pub runmirrors: bool,
 }
 
 impl Config {

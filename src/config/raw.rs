@@ -82,6 +82,7 @@ pub(super) struct RawKey {
     #[serde(default)]
     pub from: Vec<Spanned<String>>,
     pub max_waiting: Option<Spanned<u64>>,
+    pub runmirrors: Option<bool>,
 }
 
 /// Builds errors that point at a place in the file.

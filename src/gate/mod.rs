@@ -95,6 +95,22 @@ fn refuse(
 
 /// Runs one SSH request. `config` is the path given on the forced command.
 pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
+    let mut runmirrors = false;
+    match serve(config, key, &mut runmirrors) {
+        // Debian's runmirrors takes every status but ssh's 255 for success.
+        Err(e) if runmirrors && e.exit() != Exit::Ok => {
+            if !e.is_reported() {
+                say(&e.to_string());
+            }
+            say("exit 255: this key is runmirrors' (runmirrors = true), which notices no other status");
+            Err(Error::Reported(Exit::PushFailed))
+        }
+        r => r,
+    }
+}
+
+/// Serves one SSH request; `runmirrors` is set from the key's config.
+fn serve(config: &std::path::Path, key: &str, runmirrors: &mut bool) -> Result<()> {
     crate::sys::signals::install();
     let raw_os = std::env::var_os("SSH_ORIGINAL_COMMAND");
     let raw = raw_os.as_ref().map(|s| s.as_bytes());
@@ -133,6 +149,7 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
         ));
         return Err(Error::Refused(Exit::NotPermitted));
     };
+    *runmirrors = kc.runmirrors;
     let pol = key_policy(kc);
 
     let parsed = match request::parse(raw) {
@@ -149,6 +166,9 @@ pub fn run(config: &std::path::Path, key: &str) -> Result<()> {
         }
         Err(r) => return Err(refuse(&mut audit, &asked, &r, &pol, None)),
     };
+    if matches!(parsed, request::Request::Sync { push: Some(_), .. }) {
+        note_push(&cfg.state_dir, key);
+    }
     let action = policy::authorize(&parsed, &pol, client.map(|c| c.0))
         .map_err(|r| refuse(&mut audit, &asked, &r, &pol, None))?;
     let recorded = audit.record(&asked.decision(Verdict::Allow {
@@ -254,6 +274,21 @@ pub fn authorized_key_line(
         out.push_str(&comment);
     }
     Ok(out)
+}
+
+/// Notes that `key` sent a push (Debian's push words), once: `check` then
+/// warns if runmirrors cannot see this key's failures.
+fn note_push(state_dir: &std::path::Path, key: &str) {
+    let path = crate::queue::statedir::push_marker(state_dir, key);
+    if std::fs::symlink_metadata(&path).is_err() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path);
+    }
 }
 
 #[cfg(test)]

@@ -197,6 +197,12 @@ impl StateDir {
     }
 }
 
+/// Where the gate notes that a key has sent Debian's push words (`check`
+/// reads it: such a key should say `runmirrors = true`).
+pub fn push_marker(state_dir: &Path, key: &str) -> PathBuf {
+    state_dir.join(format!("_key.{key}.pushed"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,7 +158,7 @@ e2e_test! {
     /// finds jenkins' own request and nothing of the other key's.
     fn a_client_command_cannot_pose_as_another_keys_allowed_request() {
         // No `from` in the config (`from = []` is the same: any client).
-        let intruder = Key { name: "intruder", verbs: vec!["status"], mirrors: vec!["iso"], from: vec![], max_waiting: None };
+        let intruder = Key { name: "intruder", verbs: vec!["status"], mirrors: vec!["iso"], from: vec![], max_waiting: None, runmirrors: false };
         let mh = MirrorHost::with(&[("iso", opts())], &[Key::jenkins(), intruder]);
         let intruder = mh.add_key("intruder", &["127.0.0.1/32"]);
         mh.put("iso", "a.iso", b"image");

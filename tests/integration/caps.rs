@@ -136,7 +136,7 @@ e2e_test! {
     /// the queue drains the key's seat is free again.
     fn a_keys_max_waiting_caps_its_own_requests_only() {
         let jenkins = Key { max_waiting: Some(1), ..Key::jenkins() };
-        let other = Key { name: "other", verbs: vec!["sync"], mirrors: vec!["iso"], from: vec![], max_waiting: None };
+        let other = Key { name: "other", verbs: vec!["sync"], mirrors: vec!["iso"], from: vec![], max_waiting: None, runmirrors: false };
         let mh = synced_host(opts(), &[jenkins, other]);
         let other = mh.add_key("other", &[]);
         let lock_path = mh.state_dir.join("iso.lock");

@@ -316,3 +316,33 @@ e2e_test! {
         assert_eq!(p.log_lines("Mirrorpush done").len(), 1, "{}", story(&mh, &p));
     }
 }
+
+e2e_test! {
+    /// A key used by runmirrors: once it has pushed, `check` warns that
+    /// runmirrors cannot see its failures; with `runmirrors = true` a
+    /// refused push exits 255, which the real runmirrors logs as
+    /// "trigger failed" and mails, and `check` is content.
+    fn a_runmirrors_key_makes_failed_pushes_visible_to_runmirrors() {
+        let mut mh = MirrorHost::with(&[("iso", opts()), ("secret", opts())], &[Key::jenkins()]);
+        let key = mh.key.clone();
+        let rm = Runmirrors::new(&mut mh, &key);
+        let port = mh.host.sshd().port();
+        rm.configure("secret", &[Downstream::local(Mode::All, "refused", port)], "");
+        let p = rm.push("secret", SLOW);
+        assert_eq!(p.log_lines("trigger succeeded: 127.0.0.1").len(), 1, "{}", story(&mh, &p));
+        let out = mh.syncgate().arg("check").status(0).run();
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        crate::support::assert_contains(&report, "WARN key jenkins has received Debian push words");
+
+        mh.reconfigure(|c| c.keys[0].runmirrors = true);
+        let p = rm.push("secret", SLOW);
+        assert_eq!(p.status.code(), Some(0), "{}", story(&mh, &p));
+        assert_eq!(p.log_lines("trigger failed: 127.0.0.1").len(), 1, "{}", story(&mh, &p));
+        crate::support::assert_contains(&p.mails, "trigger failed: 127.0.0.1");
+        crate::support::assert_contains(&p.mirror_logs["refused"], "exit 255: this key is runmirrors'");
+        let out = mh.syncgate().arg("check").status(0).run();
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        crate::support::assert_contains(&report, "key jenkins: runmirrors = true: a push that does not succeed exits 255");
+        assert!(!report.contains("WARN key jenkins"), "{report}");
+    }
+}

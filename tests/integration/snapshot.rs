@@ -474,6 +474,7 @@ e2e_test! {
         mh.syncgate().args(["rollback", "iso", "--to", &id2]).status(0).run();
         assert_serves(&dest, &id2, &s2);
 
+
         // The login account: not `rollback`, not `owner-rollback` as the owner.
         let bin = mh.bin.to_str().unwrap();
         let conf = mh.config.to_str().unwrap();
@@ -489,6 +490,15 @@ e2e_test! {
         support::assert_contains(&out.stderr, "sudo: ");
         assert_serves(&dest, &id2, &s2);
         assert_eq!(mh.last_run("iso")["run"], 5, "{}", mh.state("iso"));
+
+        // Back to release 1, then a sync that finds upstream (release 2)
+        // different: the new snapshot goes live, and the one rolled back to
+        // is the one kept (not the one rolled back from).
+        mh.syncgate().args(["rollback", "iso", "--to", &id1]).status(0).run();
+        sync_ok(&mh);
+        let id3 = live_id(&dest);
+        assert_serves(&dest, &id3, &s2);
+        assert_eq!(ids(&dest), vec![id1.clone(), id3.clone()], "the release rolled back to was pruned");
     }
 }
 

@@ -106,7 +106,27 @@ pub fn check(cfg: &Config) -> Report {
         check_sudo_grants(cfg, &mut r);
     }
     check_audit(cfg, &mut r);
+    check_pushers(cfg, &mut r);
     r
+}
+
+/// Keys Debian's runmirrors pushes with: it notices no exit status but
+/// ssh's 255, so a refused or failed push looks like success there unless
+/// the key says `runmirrors = true`.
+fn check_pushers(cfg: &Config, r: &mut Report) {
+    for k in cfg.keys.values() {
+        let pushed =
+            std::fs::symlink_metadata(crate::queue::statedir::push_marker(&cfg.state_dir, &k.name))
+                .is_ok();
+        if k.runmirrors {
+            r.ok(format!("key {}: runmirrors = true: a push that does not succeed exits 255, which runmirrors logs as `trigger failed` and mails", k.name));
+        } else if pushed {
+            r.warn(
+                format!("key {} has received Debian push words (runmirrors), but runmirrors takes every exit status except ssh's 255 for success: a refused or failed push shows only in syncgate's audit log and status", k.name),
+                format!("set runmirrors = true in [key.{}]", k.name),
+            );
+        }
+    }
 }
 
 /// Where the audit trail goes: a missing syslog socket, or lines in the
@@ -124,7 +144,7 @@ fn check_audit(cfg: &Config, r: &mut Report) {
                 sock.display(),
                 cfg.state_dir.join(crate::audit::FALLBACK_FILE).display()
             ),
-            "apt-get install rsyslog (or run systemd-journald)",
+            "apt-get install rsyslog, and start it if nothing did (systemctl start rsyslog, or rsyslogd); or run systemd-journald",
         ),
     }
     let file = cfg.state_dir.join(crate::audit::FALLBACK_FILE);

@@ -265,15 +265,28 @@ pub fn switch(m: &Mirror, id: &str, was: &Live, keep_old: Option<&str>) -> Resul
     Ok(())
 }
 
-/// Removes old snapshots: keeps the newest `keep` and the live one.
+/// Removes old snapshots, keeping `keep` of them: the live one, then the
+/// one that was live before it (`previous`: after a rollback, the release
+/// rolled back to, not the one rolled back from), then the newest others.
 /// Returns the ids kept (oldest first) and says what it could not remove.
-pub fn prune(root: &Path, keep: u64, live: &str) -> Result<Vec<String>> {
+pub fn prune(root: &Path, keep: u64, live: &str, previous: Option<&str>) -> Result<Vec<String>> {
     let ids = list(root)?;
     let keep = keep.max(1) as usize;
+    let mut chosen: Vec<&str> = vec![live];
+    if let Some(p) = previous.filter(|p| keep > 1 && *p != live && ids.iter().any(|i| i == p)) {
+        chosen.push(p);
+    }
+    for id in ids.iter().rev() {
+        if chosen.len() >= keep {
+            break;
+        }
+        if !chosen.contains(&id.as_str()) {
+            chosen.push(id);
+        }
+    }
     let mut kept = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        let newest = i + keep >= ids.len();
-        if newest || id == live {
+    for id in &ids {
+        if chosen.contains(&id.as_str()) {
             kept.push(id.clone());
             continue;
         }
@@ -387,15 +400,21 @@ mod tests {
         switch(m, "20261203T000003Z", &was, None).unwrap();
         assert_eq!(live(m).unwrap(), Live::Snapshot("20261203T000003Z".into()));
         assert_eq!(
-            prune(&root, 2, "20261203T000003Z").unwrap(),
+            prune(&root, 2, "20261203T000003Z", Some("20261203T000002Z")).unwrap(),
             ["20261203T000002Z", "20261203T000003Z"]
         );
         assert!(!root.join("20261203T000001Z").exists());
-        // The live one is kept even when it is not among the newest.
+        // After a rollback (live 2, 3 rolled back from), the next snapshot 4
+        // keeps 2, the release rolled back to, and drops 3.
         std::fs::create_dir(root.join("20261203T000004Z")).unwrap();
         assert_eq!(
-            prune(&root, 1, "20261203T000003Z").unwrap(),
-            ["20261203T000003Z", "20261203T000004Z"]
+            prune(&root, 2, "20261203T000004Z", Some("20261203T000002Z")).unwrap(),
+            ["20261203T000002Z", "20261203T000004Z"]
+        );
+        // keep = 1: only the live one.
+        assert_eq!(
+            prune(&root, 1, "20261203T000004Z", Some("20261203T000002Z")).unwrap(),
+            ["20261203T000004Z"]
         );
     }
 

@@ -107,7 +107,11 @@ impl Transfer<'_> {
         }
         self.write_trace(&build, &report);
         let id = self.go_live(&root, &build, &was)?;
-        let kept = layout::prune(&root, m.publish.keep, &id)?;
+        let previous = match &was {
+            Live::Snapshot(p) => Some(p.as_str()),
+            _ => None,
+        };
+        let kept = layout::prune(&root, m.publish.keep, &id, previous)?;
         crate::sys::progress::say(&format!("snapshot {id} is live; kept: {}", kept.join(" ")));
         report.ok = true;
         report.perms_done = true;

@@ -170,6 +170,8 @@ pub struct Key {
     /// `max_waiting = N`: this key's requests that may wait at once
     /// (unset: no cap of its own).
     pub max_waiting: Option<u64>,
+    /// `runmirrors = true`: a request that does not succeed exits 255.
+    pub runmirrors: bool,
 }
 
 impl Key {
@@ -181,6 +183,7 @@ impl Key {
             mirrors: vec!["iso"],
             from: vec!["127.0.0.0/8"],
             max_waiting: None,
+            runmirrors: false,
         }
     }
 }
@@ -251,6 +254,9 @@ impl Config {
                 list(&k.from)
             )
             .unwrap();
+            if k.runmirrors {
+                writeln!(t, "runmirrors = true").unwrap();
+            }
             if let Some(n) = k.max_waiting {
                 writeln!(t, "max_waiting = {n}").unwrap();
             }
