@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
+use super::duration::RawDuration;
 use super::names;
 use super::names::{lookup_gid, lookup_uid, MirrorName};
 use super::paths::{is_clean_absolute, no_control};
@@ -112,12 +113,8 @@ pub(super) fn validate_mirror(
         None => DEFAULT_BUSY_MARKER.iter().map(|s| s.to_string()).collect(),
     };
 
-    let secs = |v: &Option<Spanned<u64>>, k: &str, default: u64| -> Result<u64> {
-        match v {
-            Some(s) if *s.get_ref() == 0 => src.err(s.span(), &key(k), "must be at least 1 second"),
-            Some(s) => Ok(*s.get_ref()),
-            None => Ok(default),
-        }
+    let secs = |v: &Option<Spanned<RawDuration>>, k: &str, default: u64| -> Result<u64> {
+        Ok(super::duration::secs(src, v, &key(k), 1, Some(default))?.unwrap_or(default))
     };
 
     Ok(Mirror {

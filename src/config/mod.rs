@@ -23,6 +23,7 @@
 //! ([`Cidr`]).
 
 mod cidr;
+mod duration;
 mod facility;
 mod key;
 mod mirror;

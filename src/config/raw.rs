@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::duration::RawDuration;
 use super::Privilege;
 use crate::error::{Error, Result};
 
@@ -49,16 +50,16 @@ pub(super) struct RawMirror {
     pub exclude: Vec<Spanned<String>>,
     pub last: Option<Vec<Spanned<String>>>,
     pub bwlimit: Option<u64>,
-    pub io_timeout: Option<Spanned<u64>>,
-    pub timeout: Option<Spanned<u64>>,
+    pub io_timeout: Option<Spanned<RawDuration>>,
+    pub timeout: Option<Spanned<RawDuration>>,
     pub max_delete: Option<u64>,
-    pub queue_timeout: Option<Spanned<u64>>,
+    pub queue_timeout: Option<Spanned<RawDuration>>,
     pub max_waiting: Option<Spanned<u64>>,
     pub profile: Option<Spanned<String>>,
     pub trace: Option<bool>,
     pub trace_host: Option<Spanned<String>>,
     pub busy_marker: Option<Vec<Spanned<String>>>,
-    pub busy_wait: Option<Spanned<u64>>,
+    pub busy_wait: Option<Spanned<RawDuration>>,
     pub publish: Option<Spanned<String>>,
     pub keep: Option<Spanned<u64>>,
     pub verify: Option<Spanned<String>>,

@@ -839,6 +839,29 @@ fn timeouts_are_at_least_one_second() {
 }
 
 #[test]
+fn durations_take_seconds_or_a_unit() {
+    let cfg = ok(&mirror(
+        "timeout = \"2h\"\nio_timeout = \"90s\"\nqueue_timeout = 60\nbusy_wait = \"1d\"\n",
+    ));
+    let m = the_mirror(&cfg);
+    assert_eq!(
+        (m.timeout, m.io_timeout, m.queue_timeout, m.busy_wait),
+        (7200, 90, 60, 86400)
+    );
+    refused(
+        &mirror("timeout = \"2 weeks\"\n"),
+        7,
+        "mirror.m.timeout: want seconds (3600) or a number with a unit",
+    );
+    refused(
+        &mirror("timeout = \"0m\"\n"),
+        7,
+        "mirror.m.timeout: must be at least 1 second",
+    );
+    refused(&mirror("timeout = -5\n"), 7, "mirror.m.timeout: ");
+}
+
+#[test]
 fn limits_may_be_zero_but_not_negative() {
     let cfg = ok(&mirror("bwlimit = 0\nmax_delete = 0\n"));
     assert_eq!(
