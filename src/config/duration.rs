@@ -15,7 +15,7 @@ pub(super) enum RawDuration {
     Secs(i64),
     Text(String),
     /// Anything else (a float, a table): refused with the key's name.
-    Other(toml::Value),
+    Other(#[allow(dead_code)] toml::Value),
 }
 
 /// The units a duration may carry, with their length in seconds.
