@@ -10,7 +10,10 @@ use super::names::{lookup_gid, lookup_uid, MirrorName};
 use super::paths::{is_clean_absolute, no_control};
 use super::perm::{parse_mode, PermPolicy};
 use super::raw::{RawMirror, Source};
-use super::{Mirror, Privilege, Upstream, DEBIAN_LAST, DEFAULT_BUSY_MARKER, DEFAULT_LAST};
+use super::{
+    Mirror, Privilege, Upstream, DEBIAN_CHANGE_MARKER, DEBIAN_LAST, DEFAULT_BUSY_MARKER,
+    DEFAULT_FULL_EVERY, DEFAULT_LAST,
+};
 use crate::error::Result;
 
 /// Checks one mirror table; every error names `mirror.NAME.KEY`.
@@ -116,6 +119,18 @@ pub(super) fn validate_mirror(
     let secs = |v: &Option<Spanned<RawDuration>>, k: &str, default: u64| -> Result<u64> {
         Ok(super::duration::secs(src, v, &key(k), 1, Some(default))?.unwrap_or(default))
     };
+    let change_marker = match &m.change_marker {
+        Some(p) if p.get_ref().is_empty() => None,
+        Some(p) => Some(change_marker(src, p, &key("change_marker"))?),
+        None => debian.then(|| DEBIAN_CHANGE_MARKER.to_string()),
+    };
+    if let (Some(f), None) = (&m.full_every, &change_marker) {
+        return src.err(
+            f.span(),
+            &key("full_every"),
+            "only means something with a change_marker (every run walks the tree without one)",
+        );
+    }
 
     Ok(Mirror {
         name: n.clone(),
@@ -143,7 +158,28 @@ pub(super) fn validate_mirror(
         busy_marker,
         busy_wait: secs(&m.busy_wait, "busy_wait", 3600)?,
         publish,
+        full_every: secs(&m.full_every, "full_every", DEFAULT_FULL_EVERY)?,
+        change_marker,
     })
+}
+
+/// `change_marker`: a file's path relative to upstream's root, as rsync
+/// filter rules name it: clean (no leading '/', no '.', '..' or empty
+/// component), and without rsync's wildcards or control characters.
+fn change_marker(src: &Source, p: &Spanned<String>, key: &str) -> Result<String> {
+    let v = p.get_ref();
+    let clean = !v.starts_with('/')
+        && v.split('/').all(|c| !matches!(c, "" | "." | ".."))
+        && no_control(v)
+        && !v.contains(['*', '?', '[', '\\']);
+    if !clean {
+        return src.err(
+            p.span(),
+            key,
+            format!("{v:?}: want a file's path relative to upstream's root, like \"project/trace/master\" (no leading '/', no '..', no wildcards)"),
+        );
+    }
+    Ok(v.clone())
 }
 
 /// How many SSH requests may wait for one mirror unless `max_waiting` says.

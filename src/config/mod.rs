@@ -77,6 +77,13 @@ pub const DEBIAN_LAST: &[&str] = &[
     "*.diff/Index",
 ];
 
+/// `change_marker` of `profile = "debian"`: the archive's master trace
+/// file, rewritten by every update of a Debian archive.
+pub const DEBIAN_CHANGE_MARKER: &str = "project/trace/master";
+
+/// `full_every` when a change marker is set and it is not.
+pub const DEFAULT_FULL_EVERY: u64 = 24 * 3600;
+
 pub const DEFAULT_LAST: &[&str] = &[
     "SHA256SUMS*",
     "SHA512SUMS*",
@@ -163,6 +170,13 @@ pub struct Mirror {
     pub busy_wait: u64,
     /// How changes go live (`publish`, `keep`, `verify`, …).
     pub publish: Publish,
+    /// Upstream's change marker (`change_marker`): a file, relative to
+    /// upstream's root, that changes whenever the tree does. A run whose
+    /// marker is as at the last verified publish ends without walking the
+    /// tree (src/owner/marker.rs).
+    pub change_marker: Option<String>,
+    /// Seconds between full walks when a change marker is set (`full_every`).
+    pub full_every: u64,
 }
 
 impl Mirror {

@@ -65,6 +65,8 @@ pub(super) struct RawMirror {
     pub verify: Option<Spanned<String>>,
     pub checksum_files: Option<Vec<Spanned<String>>>,
     pub verify_signature: Option<RawSignature>,
+    pub change_marker: Option<Spanned<String>>,
+    pub full_every: Option<Spanned<RawDuration>>,
 }
 
 #[derive(Deserialize)]

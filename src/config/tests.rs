@@ -1212,3 +1212,57 @@ fn the_debian_profile_holds_back_the_indices_and_writes_a_trace_file() {
         "mirror.m.trace_host: \"../x\" is not a host name",
     );
 }
+
+#[test]
+fn change_marker_is_a_clean_relative_path_and_debian_sets_its_trace_file() {
+    let m = the_mirror(&ok(&mirror(""))).clone();
+    assert_eq!(m.change_marker, None);
+    let cfg = ok(&mirror("change_marker = \"lastupdate\"\n"));
+    assert_eq!(the_mirror(&cfg).change_marker.as_deref(), Some("lastupdate"));
+    assert_eq!(the_mirror(&cfg).full_every, 86400);
+    let cfg = ok(&mirror("change_marker = \"a/b.c\"\nfull_every = \"6h\"\n"));
+    assert_eq!(the_mirror(&cfg).full_every, 6 * 3600);
+    let cfg = ok(&mirror("profile = \"debian\"\n"));
+    assert_eq!(
+        the_mirror(&cfg).change_marker.as_deref(),
+        Some(DEBIAN_CHANGE_MARKER)
+    );
+    let cfg = ok(&mirror("profile = \"debian\"\nchange_marker = \"\"\n"));
+    assert_eq!(the_mirror(&cfg).change_marker, None);
+    let cfg = ok(&mirror("profile = \"debian\"\nchange_marker = \"x/y\"\n"));
+    assert_eq!(the_mirror(&cfg).change_marker.as_deref(), Some("x/y"));
+    for bad in [
+        "/lastupdate",
+        "a/../b",
+        "../b",
+        "./a",
+        "a//b",
+        "a/",
+        "a/*",
+        "a?",
+        "[a]",
+        "a\\\\b",
+        "a\\u0007b",
+    ] {
+        refused(
+            &mirror(&format!("change_marker = \"{bad}\"\n")),
+            7,
+            "mirror.m.change_marker: ",
+        );
+    }
+    refused(
+        &mirror("full_every = \"24h\"\n"),
+        7,
+        "mirror.m.full_every: only means something with a change_marker",
+    );
+    refused(
+        &mirror("change_marker = \"x\"\nfull_every = \"1w\"\n"),
+        8,
+        "mirror.m.full_every: want seconds",
+    );
+    refused(
+        &mirror("change_marker = 3\n"),
+        7,
+        "invalid type",
+    );
+}
