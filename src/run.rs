@@ -122,6 +122,9 @@ pub struct Requester {
     /// How much of a sync was asked for (`All` unless an ftpsync push said
     /// `sync:stage1` or `sync:stage2`).
     pub stage: Stage,
+    /// A full walk was asked for (`sync --full`): served only by a run
+    /// that walked, whatever the change marker said.
+    pub full: bool,
 }
 
 impl Requester {
@@ -131,6 +134,7 @@ impl Requester {
             request: format!("r{}-{}", now(), std::process::id()),
             who,
             stage: Stage::All,
+            full: false,
         }
     }
 
@@ -173,6 +177,10 @@ pub struct Outcome {
     /// With snapshot publishing: which snapshot is live and which are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshots>,
+    /// The run ended on upstream's unchanged change marker, without walking
+    /// either tree (so it serves no `sync --full` request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shortcut: bool,
 }
 
 /// A snapshot-published mirror's snapshots after a transfer (the owner
@@ -205,6 +213,7 @@ impl Outcome {
             files,
             deleted,
             snapshot: None,
+            shortcut: false,
         }
     }
 
@@ -219,6 +228,7 @@ impl Outcome {
             files: 0,
             deleted: 0,
             snapshot: None,
+            shortcut: false,
         }
     }
 }
@@ -244,6 +254,13 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// Whether this run serves a request that asked for `want` (and for a
+    /// full walk when `full`): stage 1 serves only stage 1, and a run that
+    /// did not walk serves no `--full` request.
+    pub fn serves(&self, want: Stage, full: bool) -> bool {
+        want.served_by(self.stage) && !(full && self.outcome.shortcut)
+    }
+
     /// Records how `running` ended, now.
     pub fn finish(running: Running, outcome: Outcome, served: u64) -> RunRecord {
         RunRecord {

@@ -119,7 +119,7 @@ mod tests {
     fn the_rule_names_exactly_the_owner_side_lines() {
         let text = render(&config("debian-cd")).unwrap();
         assert!(text.contains(
-            "syncgate ALL=(root) NOPASSWD: /usr/bin/syncgate --config /etc/syncgate/syncgate.toml transfer debian-cd, /usr/bin/syncgate --config /etc/syncgate/syncgate.toml prepare debian-cd, /usr/bin/syncgate --config /etc/syncgate/syncgate.toml fix-perms debian-cd\n"
+            "syncgate ALL=(root) NOPASSWD: /usr/bin/syncgate --config /etc/syncgate/syncgate.toml transfer debian-cd, /usr/bin/syncgate --config /etc/syncgate/syncgate.toml transfer --full debian-cd, /usr/bin/syncgate --config /etc/syncgate/syncgate.toml prepare debian-cd, /usr/bin/syncgate --config /etc/syncgate/syncgate.toml fix-perms debian-cd\n"
         ), "{text}");
     }
 

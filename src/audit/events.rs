@@ -337,6 +337,7 @@ mod tests {
             request: "r1-2".into(),
             who: "key=jenkins client=192.0.2.7:51234".into(),
             stage: crate::run::Stage::All,
+            full: false,
         }
     }
 

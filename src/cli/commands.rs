@@ -30,12 +30,13 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             mirrors,
             all,
             trigger,
-        } => cmd_sync(config, mirrors, *all, *trigger),
+            full,
+        } => cmd_sync(config, mirrors, *all, *trigger, *full),
         Command::Status { mirror, json } => cmd_status(config, mirror.as_deref(), *json),
         Command::Sudoers { install } => cmd_sudoers(config, *install),
         Command::Check => cmd_check(config),
-        Command::Transfer { mirror } => cmd_transfer(config, mirror, Stage::All),
-        Command::Prepare { mirror } => cmd_transfer(config, mirror, Stage::Stage1),
+        Command::Transfer { mirror, full } => cmd_transfer(config, mirror, Stage::All, *full),
+        Command::Prepare { mirror } => cmd_transfer(config, mirror, Stage::Stage1, false),
         Command::FixPerms { mirror } => cmd_fix_perms(config, mirror),
         Command::Rollback { mirror, to } => cmd_rollback(config, mirror, to.as_deref()),
         Command::OwnerRollback { mirror, to } => {
@@ -97,7 +98,13 @@ fn cmd_authorized_key(cli: &Cli, key: &str, from: &[String], pubkey_file: &Path)
 }
 
 /// `syncgate sync`: a local request (command line or timer).
-fn cmd_sync(config: &Path, mirrors: &[String], all: bool, trigger: CliTrigger) -> Result<()> {
+fn cmd_sync(
+    config: &Path,
+    mirrors: &[String],
+    all: bool,
+    trigger: CliTrigger,
+    full: bool,
+) -> Result<()> {
     let cfg = Config::load(config)?;
     signals::install();
     let mirrors = if all {
@@ -109,7 +116,8 @@ fn cmd_sync(config: &Path, mirrors: &[String], all: bool, trigger: CliTrigger) -
         CliTrigger::Cli => Trigger::Cli,
         CliTrigger::Timer => Trigger::Timer,
     };
-    let req = Requester::new(trigger, who_am_i());
+    let mut req = Requester::new(trigger, who_am_i());
+    req.full = full;
     let mut audit = Audit::open(&cfg.syslog);
     audit.record(&Request {
         req: &req,
@@ -155,9 +163,9 @@ fn cmd_check(config: &Path) -> Result<()> {
 }
 
 /// `syncgate transfer MIRROR` and `syncgate prepare MIRROR` (owner side).
-fn cmd_transfer(config: &Path, mirror: &str, stage: Stage) -> Result<()> {
+fn cmd_transfer(config: &Path, mirror: &str, stage: Stage, full: bool) -> Result<()> {
     let cfg = Config::load(config)?;
-    let report = crate::owner::transfer(&cfg, mirror, stage)?;
+    let report = crate::owner::transfer(&cfg, mirror, stage, full)?;
     print_report(&report, report.ok)
 }
 

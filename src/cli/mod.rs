@@ -48,6 +48,11 @@ pub enum Command {
         /// Recorded in state and the audit log (the systemd timer passes `timer`).
         #[arg(long, value_enum, default_value = "cli")]
         trigger: CliTrigger,
+        /// Walk both trees even when upstream's change marker says nothing
+        /// changed (repairs a tree changed behind syncgate's back); served
+        /// only by a run that walks.
+        #[arg(long)]
+        full: bool,
     },
     /// Show each mirror: idle or running, waiting requests, last run, last success.
     Status {
@@ -90,6 +95,9 @@ pub enum Command {
     Check,
     /// Owner side: bring MIRROR up to date with rsync (run by the gate, through sudo).
     Transfer {
+        /// Walk both trees even when upstream's change marker is unchanged.
+        #[arg(long)]
+        full: bool,
         /// A mirror name from the config.
         mirror: String,
     },

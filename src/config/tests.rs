@@ -1218,7 +1218,10 @@ fn change_marker_is_a_clean_relative_path_and_debian_sets_its_trace_file() {
     let m = the_mirror(&ok(&mirror(""))).clone();
     assert_eq!(m.change_marker, None);
     let cfg = ok(&mirror("change_marker = \"lastupdate\"\n"));
-    assert_eq!(the_mirror(&cfg).change_marker.as_deref(), Some("lastupdate"));
+    assert_eq!(
+        the_mirror(&cfg).change_marker.as_deref(),
+        Some("lastupdate")
+    );
     assert_eq!(the_mirror(&cfg).full_every, 86400);
     let cfg = ok(&mirror("change_marker = \"a/b.c\"\nfull_every = \"6h\"\n"));
     assert_eq!(the_mirror(&cfg).full_every, 6 * 3600);
@@ -1260,9 +1263,5 @@ fn change_marker_is_a_clean_relative_path_and_debian_sets_its_trace_file() {
         8,
         "mirror.m.full_every: want seconds",
     );
-    refused(
-        &mirror("change_marker = 3\n"),
-        7,
-        "invalid type",
-    );
+    refused(&mirror("change_marker = 3\n"), 7, "invalid type");
 }

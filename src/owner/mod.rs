@@ -24,6 +24,7 @@ mod dest;
 pub mod fixperms;
 mod fresh;
 mod lifeline;
+pub mod marker;
 mod plan;
 mod publish;
 mod report;
@@ -47,8 +48,9 @@ use crate::owner::transfer::Transfer;
 use crate::run::Stage;
 
 /// `syncgate transfer MIRROR`: the plan and the stages, or a first sync.
-/// With [`Stage::Stage1`] (`prepare`), everything but publishing.
-pub fn transfer(cfg: &Config, name: &str, stage: Stage) -> Result<TransferReport> {
+/// With [`Stage::Stage1`] (`prepare`), everything but publishing; with
+/// `full` (`transfer --full`), a walk whatever the change marker says.
+pub fn transfer(cfg: &Config, name: &str, stage: Stage, full: bool) -> Result<TransferReport> {
     let m = cfg.mirror(name)?;
     trust::check_trust(cfg, m)?;
     let cut = lifeline::watch_lifeline();
@@ -68,7 +70,7 @@ pub fn transfer(cfg: &Config, name: &str, stage: Stage) -> Result<TransferReport
             ..Default::default()
         });
     }
-    Transfer::begin(cfg, m, cut)?.run(stage)
+    Transfer::begin(cfg, m, cut)?.run(stage, full)
 }
 
 /// `syncgate fix-perms MIRROR`: verify and repair owner, group and modes.
@@ -91,7 +93,13 @@ pub fn fix_perms(cfg: &Config, name: &str) -> Result<FixPermsReport> {
             ..Default::default()
         });
     };
-    Ok(match fixperms::fix_tree(&tree, &m.perm_policy()) {
+    let r = fixperms::fix_tree(&tree, &m.perm_policy());
+    // The change marker a transfer stored pending this fix-perms.
+    match &r {
+        Ok(_) => marker::confirm(m),
+        Err(_) => marker::forget(m),
+    }
+    Ok(match r {
         Ok(r) => FixPermsReport {
             ok: true,
             message: format!(

@@ -50,6 +50,10 @@ pub struct TransferReport {
     /// nothing went live.
     #[serde(default)]
     pub verify_failed: bool,
+    /// The change marker was as at the last verified sync: the run ended
+    /// without walking either tree (src/owner/marker.rs).
+    #[serde(default)]
+    pub shortcut: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -21,8 +21,9 @@ pub struct Transfer<'a> {
     /// The owner's home directory (rsync's `HOME`, for ssh's files).
     home: String,
     pub lock: DestLock,
-    /// When it began (seconds since the epoch), for the trace file.
-    started: u64,
+    /// When it began (seconds since the epoch), for the trace file and
+    /// the change marker's last full walk.
+    pub(super) started: u64,
     /// Set when the gate is gone: every rsync is stopped.
     pub(super) cut: Arc<AtomicBool>,
 }
@@ -45,12 +46,26 @@ impl<'a> Transfer<'a> {
     /// temp dir, and after a failure the delayed updates it left.
     ///
     /// `stage`: [`Stage::Stage1`] does everything but publishing (a push's
-    /// stage 1); anything else does everything.
-    pub fn run(&self, stage: Stage) -> Result<TransferReport> {
+    /// stage 1); anything else does everything. `full`: walk the trees
+    /// even when the change marker says upstream has not changed.
+    pub fn run(&self, stage: Stage, full: bool) -> Result<TransferReport> {
         let stage1 = stage == Stage::Stage1;
-        if let Some(report) = self.wait_while_upstream_is_busy()? {
+        let seen = match self.wait_while_upstream_is_busy()? {
+            Ok(seen) => seen,
+            Err(report) => return Ok(report),
+        };
+        if let Some(report) = self.marker_shortcut(seen.as_ref(), stage1, full) {
             return Ok(report);
         }
+        let result = self.walk(stage1);
+        if let Ok(report) = &result {
+            self.marker_remember(seen.as_ref(), stage1, report);
+        }
+        result
+    }
+
+    /// The walk: the route that fits dest.
+    fn walk(&self, stage1: bool) -> Result<TransferReport> {
         let m = self.mirror;
         match layout::mode(m) {
             PublishMode::Snapshot => {

@@ -91,7 +91,10 @@ fn serve_as(
 
     let mut st = load_and_recover(sd, name, audit)?;
 
-    if let Some(i) = st.covering_run(arrival, req.stage).filter(|_| coalesce) {
+    if let Some(i) = st
+        .covering_run(arrival, req.stage, req.full)
+        .filter(|_| coalesce)
+    {
         st.runs[i].served += 1;
         let record = st.runs[i].clone();
         st.save(sd, name)?;

@@ -73,12 +73,13 @@ impl MirrorState {
     }
 
     /// The first finished run that started after `arrival` (the value of
-    /// `last_started` when the request arrived). Runs that died never
-    /// finished and do not count.
-    pub fn covering_run(&self, arrival: u64, want: Stage) -> Option<usize> {
+    /// `last_started` when the request arrived) and does what was asked
+    /// ([`RunRecord::serves`]: `want`, and a walk when `full`). Runs that
+    /// died never finished and do not count.
+    pub fn covering_run(&self, arrival: u64, want: Stage, full: bool) -> Option<usize> {
         self.runs
             .iter()
-            .position(|r| r.run > arrival && r.result != RunResult::Died && want.served_by(r.stage))
+            .position(|r| r.run > arrival && r.result != RunResult::Died && r.serves(want, full))
     }
 
     pub fn push(&mut self, rec: RunRecord) {
@@ -187,9 +188,9 @@ mod tests {
         let mut s = MirrorState::default();
         s.push(rec(1, RunResult::Success));
         s.push(rec(2, RunResult::Failed));
-        assert_eq!(s.covering_run(0, Stage::All), Some(0));
-        assert_eq!(s.covering_run(1, Stage::All), Some(1));
-        assert_eq!(s.covering_run(2, Stage::All), None);
+        assert_eq!(s.covering_run(0, Stage::All, false), Some(0));
+        assert_eq!(s.covering_run(1, Stage::All, false), Some(1));
+        assert_eq!(s.covering_run(2, Stage::All, false), None);
     }
 
     #[test]
@@ -199,20 +200,33 @@ mod tests {
         r.stage = Stage::Stage1;
         s.push(r);
         s.push(rec(2, RunResult::Success));
-        assert_eq!(s.covering_run(0, Stage::Stage1), Some(0));
-        assert_eq!(s.covering_run(0, Stage::All), Some(1));
-        assert_eq!(s.covering_run(0, Stage::Stage2), Some(1));
-        assert_eq!(s.covering_run(1, Stage::Stage1), Some(1));
-        assert_eq!(s.covering_run(2, Stage::Stage2), None);
+        assert_eq!(s.covering_run(0, Stage::Stage1, false), Some(0));
+        assert_eq!(s.covering_run(0, Stage::All, false), Some(1));
+        assert_eq!(s.covering_run(0, Stage::Stage2, false), Some(1));
+        assert_eq!(s.covering_run(1, Stage::Stage1, false), Some(1));
+        assert_eq!(s.covering_run(2, Stage::Stage2, false), None);
+    }
+
+    #[test]
+    fn a_full_request_is_served_only_by_a_run_that_walked() {
+        let mut s = MirrorState::default();
+        let mut r = rec(1, RunResult::Success);
+        r.outcome.shortcut = true;
+        s.push(r);
+        assert_eq!(s.covering_run(0, Stage::All, false), Some(0));
+        assert_eq!(s.covering_run(0, Stage::All, true), None);
+        s.push(rec(2, RunResult::Success));
+        assert_eq!(s.covering_run(0, Stage::All, true), Some(1));
+        assert_eq!(s.covering_run(0, Stage::Stage2, true), Some(1));
     }
 
     #[test]
     fn a_run_that_died_covers_nobody() {
         let mut s = MirrorState::default();
         s.push(rec(3, RunResult::Died));
-        assert_eq!(s.covering_run(2, Stage::All), None);
+        assert_eq!(s.covering_run(2, Stage::All, false), None);
         s.push(rec(4, RunResult::Timeout));
-        assert_eq!(s.covering_run(2, Stage::All), Some(1));
+        assert_eq!(s.covering_run(2, Stage::All, false), Some(1));
     }
 
     #[test]

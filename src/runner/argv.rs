@@ -6,6 +6,8 @@
 //!
 //! The privileged boundary is deliberately narrow: the login account may run
 //! only `syncgate --config CONFIG transfer MIRROR`,
+//! `syncgate --config CONFIG transfer --full MIRROR` (the same, walking the
+//! trees whatever the change marker says),
 //! `syncgate --config CONFIG prepare MIRROR` (a push's stage 1: a subset of
 //! transfer) and `syncgate --config CONFIG fix-perms MIRROR` as the mirror's
 //! owner. Those
@@ -22,17 +24,25 @@ pub const SUDO: &str = "/usr/bin/sudo";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnerVerb {
     Transfer,
+    /// `transfer --full`: a walk even when the change marker is unchanged.
+    TransferFull,
     /// Stage 1 of a push: everything but publishing.
     Prepare,
     FixPerms,
 }
 
 impl OwnerVerb {
-    pub const ALL: [OwnerVerb; 3] = [OwnerVerb::Transfer, OwnerVerb::Prepare, OwnerVerb::FixPerms];
+    pub const ALL: [OwnerVerb; 4] = [
+        OwnerVerb::Transfer,
+        OwnerVerb::TransferFull,
+        OwnerVerb::Prepare,
+        OwnerVerb::FixPerms,
+    ];
 
+    /// The subcommand (for `--full`, its option follows: [`owner_command`]).
     pub fn as_str(&self) -> &'static str {
         match self {
-            OwnerVerb::Transfer => "transfer",
+            OwnerVerb::Transfer | OwnerVerb::TransferFull => "transfer",
             OwnerVerb::Prepare => "prepare",
             OwnerVerb::FixPerms => "fix-perms",
         }
@@ -41,13 +51,17 @@ impl OwnerVerb {
 
 /// The owner-side command line, exactly as the sudoers rule grants it.
 pub fn owner_command(cfg: &Config, mirror: &Mirror, verb: OwnerVerb) -> Vec<String> {
-    vec![
+    let mut v: Vec<String> = vec![
         cfg.binary.display().to_string(),
         "--config".into(),
         cfg.path.display().to_string(),
         verb.as_str().into(),
-        mirror.name.clone(),
-    ]
+    ];
+    if verb == OwnerVerb::TransferFull {
+        v.push("--full".into());
+    }
+    v.push(mirror.name.clone());
+    v
 }
 
 /// The owner side of `syncgate rollback`. Not an [`OwnerVerb`]: the sudoers

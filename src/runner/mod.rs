@@ -149,13 +149,15 @@ fn run_owner_argv<T: serde::de::DeserializeOwned>(
 
 /// Runs the sync. Never panics on child trouble: every way it can end is an
 /// [`Outcome`] with a message.
-/// `stage`: what the run does ([`Stage::Stage1`]: `prepare`, else `transfer`).
-pub fn execute(cfg: &Config, m: &Mirror, run: u64, stage: Stage) -> Outcome {
+/// `stage`: what the run does ([`Stage::Stage1`]: `prepare`, else `transfer`);
+/// `full`: walk the trees whatever the change marker says (`transfer --full`).
+pub fn execute(cfg: &Config, m: &Mirror, run: u64, stage: Stage, full: bool) -> Outcome {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(m.timeout);
 
     let verb = match stage.run_does() {
         Stage::Stage1 => OwnerVerb::Prepare,
+        _ if full => OwnerVerb::TransferFull,
         _ => OwnerVerb::Transfer,
     };
     let t: TransferReport = match run_owner_step(cfg, m, verb, run, started, deadline) {
@@ -206,6 +208,7 @@ pub fn execute(cfg: &Config, m: &Mirror, run: u64, stage: Stage) -> Outcome {
     };
     let mut o = Outcome::success(message, t.rsync_exit, bytes, files, deleted);
     o.snapshot = t.snapshot;
+    o.shortcut = t.shortcut;
     o
 }
 

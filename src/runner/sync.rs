@@ -22,6 +22,9 @@ fn summary(name: &str, s: &Served) -> String {
     };
     let took = human_secs(r.ended.saturating_sub(r.started));
     match r.result {
+        RunResult::Success if r.shortcut => format!(
+            "{name}: {how} succeeded in {took}: unchanged (upstream's change marker is as at the last verified sync; nothing walked)"
+        ),
         RunResult::Success => format!(
             "{name}: {how} succeeded in {took}: {} files, {} bytes transferred, {} deleted",
             r.files, r.bytes, r.deleted
@@ -83,7 +86,7 @@ pub fn sync(
         } else {
             base.clone()
         };
-        let run = |id| crate::runner::execute(cfg, mirror, id, req.stage);
+        let run = |id| crate::runner::execute(cfg, mirror, id, req.stage, req.full);
         let caps = via.map(|v| Caps {
             key: v.key,
             key_max: cfg.keys.get(v.key).and_then(|k| k.max_waiting),

@@ -151,6 +151,31 @@ pub fn rsync_busy_probe(cfg: &Config, m: &Mirror, dest: &Path) -> Vec<String> {
     v
 }
 
+/// The upstream probe of a mirror with a change marker: one small real
+/// transfer, into the private directory `dir`, of the entries at
+/// upstream's top that match a `busy_marker` and of the change `marker`
+/// (with the directories above it), and nothing else. Both are read from
+/// `dir` afterwards (src/owner/busy.rs, src/owner/marker.rs).
+pub fn rsync_upstream_probe(cfg: &Config, m: &Mirror, marker: &str, dir: &Path) -> Vec<String> {
+    let mut v = with_temp_dir(cfg, m, false);
+    // First match wins: these come before the exclusions in `v`.
+    let mut includes: Vec<String> = m
+        .busy_marker
+        .iter()
+        .map(|b| format!("--include=/{b}"))
+        .collect();
+    let parts: Vec<&str> = marker.split('/').collect();
+    for i in 1..parts.len() {
+        includes.push(format!("--include=/{}/", parts[..i].join("/")));
+    }
+    includes.push(format!("--include=/{marker}"));
+    v.splice(1..1, includes);
+    v.push("--exclude=*".into());
+    v.push(m.upstream.source_arg());
+    v.push(format!("{}/", dir.display()));
+    v
+}
+
 /// The first sync into an empty dest: one pass into a private staging
 /// directory (mode 0700 `TEMP_DIR`), which is published by renames when
 /// complete (src/owner/publish.rs). rsync writes its temporary files next to
@@ -299,6 +324,24 @@ mod tests {
         assert!(include < at("--exclude=/.syncgate-tmp"));
         assert_eq!(at("--exclude=*"), probe.len() - 3);
         assert!(probe.contains(&"--dry-run".to_string()));
+
+        // With a change marker: one real transfer of the busy markers and
+        // the marker's path, into the private probe directory.
+        let dir = Path::new("/srv/.m.snapshots/.syncgate-tmp/probe");
+        let probe = rsync_upstream_probe(&cfg, m, "project/trace/master", dir);
+        let at = |a: &str| probe.iter().position(|x| x == a).unwrap();
+        let last_include = at("--include=/project/trace/master");
+        assert!(at("--include=/Archive-Update-in-Progress-*") < last_include);
+        assert!(at("--include=/project/") < at("--include=/project/trace/"));
+        assert!(last_include < at("--exclude=/.syncgate-tmp"));
+        assert!(last_include < at("--exclude=*.tmp"));
+        assert_eq!(at("--exclude=*"), probe.len() - 3);
+        assert!(!probe.contains(&"--dry-run".to_string()));
+        assert!(!probe.iter().any(|a| a.starts_with("--delete")));
+        assert_eq!(
+            probe.last().unwrap(),
+            "/srv/.m.snapshots/.syncgate-tmp/probe/"
+        );
     }
 
     #[test]
