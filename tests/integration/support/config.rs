@@ -64,6 +64,10 @@ pub struct Opts {
     pub checksum_files: Option<Vec<&'static str>>,
     /// `verify_signature = { keyring = "…", program = "…" }`.
     pub verify_signature: Option<Signature>,
+    /// `change_marker = "…"` (upstream's file that changes with the tree).
+    pub change_marker: Option<&'static str>,
+    /// `full_every = "…"` (a duration).
+    pub full_every: Option<&'static str>,
 }
 
 /// The `verify_signature` table.
@@ -127,6 +131,14 @@ impl Opts {
     }
     pub fn profile(mut self, p: &'static str) -> Opts {
         self.profile = Some(p);
+        self
+    }
+    pub fn change_marker(mut self, path: &'static str) -> Opts {
+        self.change_marker = Some(path);
+        self
+    }
+    pub fn full_every(mut self, duration: &'static str) -> Opts {
+        self.full_every = Some(duration);
         self
     }
     pub fn busy_wait(mut self, secs: u64) -> Opts {
@@ -299,6 +311,8 @@ impl Mirror {
             ("publish", o.publish),
             ("profile", o.profile),
             ("verify", o.verify),
+            ("change_marker", o.change_marker),
+            ("full_every", o.full_every),
         ];
         for (key, value) in words {
             if let Some(v) = value {
