@@ -242,7 +242,7 @@ fn a_failed_run_or_a_stage_1_leaves_no_marker_and_the_next_run_walks() {
 
         fs::write(&p.fail, b"").unwrap();
         let out = p.f.sync().arg("--full").status(1).run();
-        support::assert_contains(&stderr(&out), "simulated failure");
+        support::assert_contains(stderr(&out), "simulated failure");
         assert!(!p.store().exists(), "a failed run left a marker");
         assert!(p.calls().len() >= 2, "the failed run walked");
         fs::remove_file(&p.fail).unwrap();
@@ -326,7 +326,7 @@ e2e_test! {
         let rule = fs::read_to_string("/etc/sudoers.d/syncgate").unwrap();
         support::assert_contains(&rule, "transfer --full iso");
         let check = mh.syncgate().arg("check").status(0).run();
-        support::assert_contains(&support::stdout(&check), "transfer --full iso` as mirror");
+        support::assert_contains(support::stdout(&check), "transfer --full iso` as mirror");
 
         let err = stderr(&mh.ssh(Some("sync")).status(0).run());
         support::assert_lacks(&err, SHORTCUT);
@@ -345,11 +345,11 @@ e2e_test! {
         };
         let out = sync_as_login(false);
         assert!(out.status.success(), "{}", stderr(&out));
-        support::assert_contains(&stderr(&out), SHORTCUT);
+        support::assert_contains(stderr(&out), SHORTCUT);
         let out = sync_as_login(true);
         assert!(out.status.success(), "{}", stderr(&out));
-        support::assert_contains(&stderr(&out), "a full walk was asked for (sync --full)");
-        support::assert_contains(&stderr(&out), "unchanged: the mirror matches upstream");
+        support::assert_contains(stderr(&out), "a full walk was asked for (sync --full)");
+        support::assert_contains(stderr(&out), "unchanged: the mirror matches upstream");
         assert!(mh.last_run("iso").get("shortcut").is_none());
     }
 }
