@@ -328,6 +328,36 @@ e2e_test! {
         let check = mh.syncgate().arg("check").status(0).run();
         support::assert_contains(support::stdout(&check), "transfer --full iso` as mirror");
 
+        // sudo allows the line exactly; no other order or split of it runs.
+        let bin = mh.bin().display().to_string();
+        let conf = mh.config_path().display().to_string();
+        let sudo = |args: &[&str]| {
+            let mut argv = vec!["/usr/bin/sudo", "-n", "-u", "mirror", bin.as_str(), "--config", conf.as_str()];
+            argv.extend(args);
+            mh.host.run_as(LOGIN, &argv)
+        };
+        let listed = mh.host.run_as(LOGIN, &["/usr/bin/sudo", "-n", "-l", "-u", "mirror", &bin, "--config", &conf, "transfer", "--full", "iso"]);
+        assert!(listed.status.success(), "{}", support::show(&listed));
+        for refused in [
+            &["transfer", "iso", "--full"][..],
+            &["transfer", "--full"],
+            &["transfer", "--full", "--full", "iso"],
+            &["transfer", "--full", "iso", "iso"],
+            &["prepare", "--full", "iso"],
+            &["fix-perms", "--full", "iso"],
+        ] {
+            let out = sudo(refused);
+            assert!(!out.status.success(), "{refused:?}: {}", support::show(&out));
+            support::assert_contains(stderr(&out), "a password is required");
+        }
+        // sudo compares the words joined by spaces: these match the line's
+        // string, and syncgate itself refuses them.
+        for split in [&["transfer", "--full iso"][..], &["transfer --full", "iso"]] {
+            let out = sudo(split);
+            assert_eq!(out.status.code(), Some(64), "{split:?}: {}", support::show(&out));
+        }
+        assert!(fs::symlink_metadata(mh.dest("iso")).is_err(), "something ran");
+
         let err = stderr(&mh.ssh(Some("sync")).status(0).run());
         support::assert_lacks(&err, SHORTCUT);
         let err = stderr(&mh.ssh(Some("sync")).status(0).run());
