@@ -113,7 +113,7 @@ GROUP=$(id -gn)
 mkdir -p "$W"
 LOG=$W/syncgate.log
 : >"$LOG"
-say "work dir $W; $(df -h --output=avail "$W" | tail -1 | tr -d ' ') free, $(df -i --output=iavail "$W" | tail -1 | tr -d ' ') inodes"
+say "work dir $W; $(df -h --output=avail "$W" | tail -1 | tr -d ' ') free, $(df --output=iavail "$W" | tail -1 | tr -d ' ') inodes"
 START_LOAD=$(loadavg)
 ROWS=()
 
@@ -204,7 +204,7 @@ for n in $SIZES; do run_size "$n"; done
 cat <<EOF
 ## bench/poll.sh — $(date -u +%Y-%m-%dT%H:%MZ)
 
-Machine: $(uname -sr), $(nproc) CPUs, $(df -T --output=fstype "$W" | tail -1 | tr -d ' ') at $W, $($RSYNC --version | head -1 | awk '{ print "rsync " $3 }').
+Machine: $(uname -sr), $(nproc) CPUs, $(stat -f -c %T "$W") at $W, $($RSYNC --version | head -1 | awk '{ print "rsync " $3 }').
 Load average (1/5/15 min): $START_LOAD at the start, $(loadavg) at the end.
 Rounds: $RUNS per size (+1 warmup, dropped; the order alternates each round).
 syncgate: \`syncgate --config CFG sync bench\`, release build, privilege = "direct", publish = "snapshot", change_marker = "lastupdate" (unchanged): every timed run ended on the marker.
