@@ -195,9 +195,15 @@ fn push_locked(
     let all = &mirror.fanout.downstreams;
     let mut pushed: Option<u64> = None;
     loop {
-        let Some(release) = MirrorState::load(sd, name)?.state.release() else {
-            say(&format!("{name}: nothing published yet; no pushes"));
-            return Ok(0);
+        // A multi-hop stage 1 carries what the subtree prepares, which
+        // may be this host's first release: nothing is published yet.
+        let release = match (MirrorState::load(sd, name)?.state.release(), kind) {
+            (Some(r), _) => r,
+            (None, Kind::Stage1) => 0,
+            (None, _) => {
+                say(&format!("{name}: nothing published yet; no pushes"));
+                return Ok(0);
+            }
         };
         if pushed.is_some_and(|p| p >= release) {
             break;
