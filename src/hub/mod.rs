@@ -37,7 +37,7 @@ use crate::sys::progress::say;
 use fanout::Kind;
 use state::PushState;
 
-fn push_lock_path(sd: &StateDir, mirror: &str) -> PathBuf {
+pub fn push_lock_path(sd: &StateDir, mirror: &str) -> PathBuf {
     sd.path().join(format!("{mirror}.push.lock"))
 }
 
