@@ -125,6 +125,9 @@ pub struct Requester {
     /// A full walk was asked for (`sync --full`): served only by a run
     /// that walked, whatever the change marker said.
     pub full: bool,
+    /// An ftpsync push said `sync:mhop`: a hub pushes its own staged
+    /// downstreams' stage 1 before it answers stage 1.
+    pub mhop: bool,
 }
 
 impl Requester {
@@ -135,6 +138,7 @@ impl Requester {
             who,
             stage: Stage::All,
             full: false,
+            mhop: false,
         }
     }
 
@@ -274,6 +278,16 @@ impl RunRecord {
             served,
             stage: running.stage,
         }
+    }
+}
+
+impl RunRecord {
+    /// Whether this run changed what readers see: files transferred or
+    /// deleted, or a new snapshot switched live.
+    pub fn published_change(&self) -> bool {
+        self.files > 0
+            || self.deleted > 0
+            || self.outcome.snapshot.as_ref().is_some_and(|s| s.switched)
     }
 }
 

@@ -22,6 +22,7 @@ pub(super) fn validate_mirror(
     name: &Spanned<String>,
     m: RawMirror,
     privilege: Privilege,
+    login_user: &str,
 ) -> Result<Mirror> {
     let n = name.get_ref().clone();
     let key = |k: &str| format!("mirror.{n}.{k}");
@@ -132,6 +133,18 @@ pub(super) fn validate_mirror(
         );
     }
 
+    let fanout = super::hub::fanout(
+        src,
+        &n,
+        super::hub::RawFanout {
+            cascade: &m.cascade,
+            require: &m.require,
+            push_delay: &m.push_delay,
+            downstream: m.downstream,
+        },
+        login_user,
+    )?;
+
     Ok(Mirror {
         name: n.clone(),
         upstream,
@@ -160,6 +173,7 @@ pub(super) fn validate_mirror(
         publish,
         full_every: secs(&m.full_every, "full_every", DEFAULT_FULL_EVERY)?,
         change_marker,
+        fanout,
     })
 }
 
