@@ -239,10 +239,7 @@ pub fn save(m: &Mirror, s: &Stored) -> Result<(), String> {
         .and_then(|()| std::fs::rename(&tmp, &path));
     written.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        format!(
-            "cannot write {}: {e} (the owner must be able to write dest's parent)",
-            path.display()
-        )
+        format!("cannot write {}: {e}", path.display())
     })
 }
 
@@ -437,8 +434,14 @@ impl Transfer<'_> {
             perms_pending: !report.perms_done,
         };
         if let Err(e) = save(m, &s) {
+            let parent = m.dest.parent().unwrap_or(Path::new("/"));
             say(&format!(
-                "warning: {e}; without it every run walks the whole tree"
+                "warning: the change marker cannot be kept ({e}), so every run walks the whole tree: make dest's parent the owner's (chown {}:{} {}; chmod 2750 {}), or set change_marker = \"\" in [mirror.{}]",
+                m.owner,
+                m.reader_group,
+                parent.display(),
+                parent.display(),
+                m.name
             ));
         }
     }

@@ -401,3 +401,22 @@ e2e_test! {
         assert!(mh.last_run("iso").get("shortcut").is_none());
     }
 }
+
+e2e_test! {
+    /// Published in place where the owner cannot write dest's parent (the
+    /// layout of a mirror set up before snapshots): the marker cannot be
+    /// kept beside dest, so every run walks and says what to change.
+    fn an_in_place_mirror_whose_parent_is_roots_walks_and_says_why() {
+        let mut mh = MirrorHost::new();
+        mh.set_opts("iso", opts().publish("two-stage").change_marker("lastupdate"));
+        mh.put("iso", "r/a.iso", b"a");
+        mh.put("iso", "lastupdate", b"1\n");
+        for _ in 0..2 {
+            let err = stderr(&mh.ssh(Some("sync")).status(0).run());
+            support::assert_lacks(&err, SHORTCUT);
+            support::assert_contains(&err, "warning: the change marker cannot be kept");
+            support::assert_contains(&err, "chown mirror:www-data");
+        }
+        assert_eq!(fs::read(mh.dest("iso").join("r/a.iso")).unwrap(), b"a");
+    }
+}
