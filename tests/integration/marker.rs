@@ -275,6 +275,47 @@ fn a_failed_run_or_a_stage_1_leaves_no_marker_and_the_next_run_walks() {
     });
 }
 
+/// The one small rsync also looks for upstream's busy markers: while one
+/// is at upstream's top (even a directory), a run waits and then fails
+/// without walking or storing anything; once it is gone the run walks, and
+/// the busy marker is never copied.
+#[test]
+fn the_probe_still_waits_while_upstream_is_being_updated() {
+    let p = Polled::new(opts().busy_wait(2));
+    p.put("r/a.iso", b"a");
+    p.put("lastupdate", b"1\n");
+    p.put("Archive-Update-in-Progress-up.example.org", b"");
+    let out = p.f.sync().status(1).run();
+    let err = stderr(&out);
+    support::assert_contains(&err, "upstream is being updated");
+    support::assert_contains(&err, "still was after 2s (busy_wait); nothing changed");
+    let calls = p.calls();
+    assert!(
+        calls.len() >= 2 && calls.iter().all(|c| c.contains(PROBE)),
+        "only probes: {calls:#?}"
+    );
+    assert!(!p.store().exists());
+    fs::remove_file(
+        p.f.upstream
+            .join("Archive-Update-in-Progress-up.example.org"),
+    )
+    .unwrap();
+    fs::create_dir(p.f.upstream.join("Archive-Update-in-Progress-dir")).unwrap();
+    p.f.sync()
+        .status(1)
+        .stderr_contains("upstream is being updated")
+        .run();
+    p.calls();
+    fs::remove_dir(p.f.upstream.join("Archive-Update-in-Progress-dir")).unwrap();
+    p.assert_walks(false, "no marker is stored");
+    assert_eq!(p.published("r/a.iso"), b"a");
+    assert!(!p
+        .f
+        .dest_path("Archive-Update-in-Progress-up.example.org")
+        .exists());
+    p.assert_shortcut();
+}
+
 /// Coalescing: requests that queue behind a run are served by one further
 /// run, but a `sync --full` request only by a run that walked: whichever of
 /// a plain and a `--full` request gets the lock first, the run that serves
