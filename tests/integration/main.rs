@@ -18,6 +18,7 @@ mod fuzz_parser;
 mod gate;
 mod harness;
 mod hostile;
+mod hub;
 mod load;
 mod privilege;
 mod push;

@@ -22,6 +22,33 @@ pub struct Config {
     pub syslog_facility: Option<String>,
     pub mirrors: Vec<Mirror>,
     pub keys: Vec<Key>,
+    /// `[hub]` (needed once a mirror has a downstream).
+    pub hub: Option<HubTable>,
+}
+
+/// The `[hub]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubTable {
+    pub known_hosts: PathBuf,
+    pub max_parallel: Option<u64>,
+    pub ssh: Option<PathBuf>,
+}
+
+/// One `[mirror.M.downstream.LABEL]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownstreamTable {
+    pub label: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: String,
+    pub archive: Option<String>,
+    pub key: PathBuf,
+    /// `"syncgate"` or `"ftpsync"`.
+    pub kind: &'static str,
+    /// `"all"`, `"staged"` or `"mhop"`.
+    pub mode: &'static str,
+    /// Seconds.
+    pub timeout: Option<u64>,
 }
 
 /// One `[mirror.NAME]` table.
@@ -64,6 +91,14 @@ pub struct Opts {
     pub checksum_files: Option<Vec<&'static str>>,
     /// `verify_signature = { keyring = "…", program = "…" }`.
     pub verify_signature: Option<Signature>,
+    /// `cascade = "wait" | "detach"`.
+    pub cascade: Option<&'static str>,
+    /// `require = N`.
+    pub require: Option<u64>,
+    /// `push_delay = N` (seconds).
+    pub push_delay: Option<u64>,
+    /// `[mirror.NAME.downstream.LABEL]` tables.
+    pub downstreams: Vec<DownstreamTable>,
 }
 
 /// The `verify_signature` table.
@@ -144,6 +179,24 @@ impl Opts {
         self.checksum_files
             .get_or_insert_with(Vec::new)
             .push(pattern);
+        self
+    }
+    /// `cascade = MODE`: `"wait"` or `"detach"`.
+    pub fn cascade(mut self, mode: &'static str) -> Opts {
+        self.cascade = Some(mode);
+        self
+    }
+    pub fn require(mut self, n: u64) -> Opts {
+        self.require = Some(n);
+        self
+    }
+    pub fn push_delay(mut self, secs: u64) -> Opts {
+        self.push_delay = Some(secs);
+        self
+    }
+    /// Adds a `[mirror.NAME.downstream.LABEL]` table.
+    pub fn downstream(mut self, d: DownstreamTable) -> Opts {
+        self.downstreams.push(d);
         self
     }
     /// `verify_signature = { keyring = KEYRING[, program = PROGRAM] }`.
@@ -241,6 +294,21 @@ impl Config {
             writeln!(t, "facility = {}", quoted(f)).unwrap();
         }
         t.push('\n');
+        if let Some(h) = &self.hub {
+            writeln!(
+                t,
+                "[hub]\nknown_hosts = {}",
+                quoted(h.known_hosts.display())
+            )
+            .unwrap();
+            if let Some(n) = h.max_parallel {
+                writeln!(t, "max_parallel = {n}").unwrap();
+            }
+            if let Some(ssh) = &h.ssh {
+                writeln!(t, "ssh = {}", quoted(ssh.display())).unwrap();
+            }
+            t.push('\n');
+        }
         for m in &self.mirrors {
             m.render(&mut t);
         }
@@ -287,6 +355,8 @@ impl Mirror {
             ("max_waiting", o.max_waiting),
             ("keep", o.keep),
             ("busy_wait", o.busy_wait),
+            ("require", o.require),
+            ("push_delay", o.push_delay),
         ];
         for (key, value) in numbers {
             if let Some(v) = value {
@@ -299,6 +369,7 @@ impl Mirror {
             ("publish", o.publish),
             ("profile", o.profile),
             ("verify", o.verify),
+            ("cascade", o.cascade),
         ];
         for (key, value) in words {
             if let Some(v) = value {
@@ -324,5 +395,29 @@ impl Mirror {
             .unwrap();
         }
         t.push('\n');
+        for d in &o.downstreams {
+            writeln!(
+                t,
+                "[mirror.{}.downstream.{}]\nhost = {}\nuser = {}\nkey = {}\nkind = {}\nmode = {}",
+                self.name,
+                d.label,
+                quoted(&d.host),
+                quoted(&d.user),
+                quoted(d.key.display()),
+                quoted(d.kind),
+                quoted(d.mode)
+            )
+            .unwrap();
+            if let Some(p) = d.port {
+                writeln!(t, "port = {p}").unwrap();
+            }
+            if let Some(a) = &d.archive {
+                writeln!(t, "archive = {}", quoted(a)).unwrap();
+            }
+            if let Some(s) = d.timeout {
+                writeln!(t, "timeout = {s}").unwrap();
+            }
+            t.push('\n');
+        }
     }
 }

@@ -78,6 +78,7 @@ impl Fixture {
                 opts,
             }],
             keys: Vec::new(),
+            hub: None,
         };
         Fixture {
             config: dir.path().join("syncgate.toml"),

@@ -140,6 +140,7 @@ impl MirrorHost {
                 .map(|(name, o)| mirror(&upstream, &srv, name, o.clone()))
                 .collect(),
             keys: keys.to_vec(),
+            hub: None,
         };
         let key_name = "jenkins";
         let (key, public) = host.client_key(key_name);

@@ -1,0 +1,694 @@
+//! The hub (issue 13) end to end: a syncgate hub pushes downstream mirrors
+//! in parallel, each a host of its own in the namespace (see
+//! `support::hub`): syncgate downstreams, a real Debian `ftpsync`
+//! receiver, and bad ones (throttled, connection refused, hanging). Every
+//! pull goes through a real `rsync --daemon` serving the hub's published
+//! snapshot; every push through the real sshd of the downstream.
+//!
+//! `harness_*` prove the network without the hub code (the test pushes each
+//! downstream with the exact ssh argv of the hub contract); the others need
+//! the hub (`[hub]`, `[mirror.M.downstream.*]`, `cascade`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::support::hub::{push_events, tree, tree_diff, Hub, Site, HUB_KEY, ISO};
+use crate::support::mirror_host::MirrorHost;
+use crate::support::{bytes, e2e_test, opts, procs, run_ok, show, stderr, Mirrors, SyslogReceiver};
+
+/// Bound for anything that should take seconds.
+const SLOW: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------- helpers
+
+/// The hub's upstream gets a small release: an image, a directory, and the
+/// checksum file (the "last file" of a release) over every file upstream
+/// (so put big files first).
+fn release(mh: &MirrorHost, tag: &str) {
+    let image = format!("image {tag}\n");
+    mh.put(ISO, "a.iso", image.as_bytes());
+    mh.put(ISO, "sub/b.txt", format!("b {tag}\n").as_bytes());
+    let up = mh.upstream_dir(ISO);
+    let files: Vec<String> = tree(&up, |r| r == "SHA256SUMS").into_keys().collect();
+    let sums = run_ok(
+        std::process::Command::new("sha256sum")
+            .current_dir(&up)
+            .args(&files),
+    );
+    mh.put(ISO, "SHA256SUMS", sums.as_bytes());
+}
+
+/// The builder's `ssh … sync iso` on the hub (jenkins key); returns its
+/// output and how long it took.
+fn builder_sync(hub: &Hub) -> (std::process::Output, Duration) {
+    let t0 = Instant::now();
+    let out = hub
+        .mh
+        .ssh_command(Some("sync iso"))
+        .output()
+        .expect("run builder ssh");
+    (out, t0.elapsed())
+}
+
+/// Paths ftpsync adds to its own tree (trace files, its lock files).
+fn ftpsync_own(rel: &str) -> bool {
+    rel.starts_with("project/trace") || rel.starts_with("Archive-Update-")
+}
+
+/// The hub's published tree.
+fn hub_tree(hub: &Hub) -> BTreeMap<String, Vec<u8>> {
+    tree(&hub.mh.dest(ISO), |_| false)
+}
+
+/// `site`'s dest holds exactly the hub's published tree.
+#[track_caller]
+fn assert_same_release(hub: &Hub, site: &Site) {
+    let want = hub_tree(hub);
+    assert!(
+        !want.is_empty(),
+        "the hub published nothing\n{}",
+        hub.story()
+    );
+    let got = tree(&site.dest(ISO), |_| false);
+    let diff = tree_diff(&want, &got);
+    assert!(
+        diff.is_empty(),
+        "site {} does not hold the hub's release: {diff:?}\n{}",
+        site.label,
+        hub.story()
+    );
+}
+
+/// The hub's push-end lines for `label`.
+fn ends(log: &SyslogReceiver, label: &str) -> Vec<BTreeMap<String, String>> {
+    push_events(log)
+        .into_iter()
+        .filter(|f| {
+            f["event"] == "push-end" && f.get("downstream").map(String::as_str) == Some(label)
+        })
+        .collect()
+}
+
+/// `status --json` of the hub's mirror iso, run by root on the hub.
+fn status_json(hub: &Hub) -> serde_json::Value {
+    let out = hub.mh.syncgate().args(["status", "--json"]).status(0).run();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", show(&out)));
+    doc["mirrors"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == ISO).cloned())
+        .unwrap_or_else(|| panic!("no mirror iso in {doc:#}"))
+}
+
+/// The `downstreams` entry `label` of the hub's `status --json`.
+#[track_caller]
+fn status_of(hub: &Hub, label: &str) -> serde_json::Value {
+    let m = status_json(hub);
+    m["downstreams"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == label).cloned())
+        .unwrap_or_else(|| {
+            panic!(
+                "no downstream {label} in status --json: {m:#}\n{}",
+                hub.story()
+            )
+        })
+}
+
+/// The last finished run id of the hub's mirror.
+fn hub_run(hub: &Hub) -> u64 {
+    hub.mh.last_run(ISO)["run"].as_u64().expect("run id")
+}
+
+/// Every request the downstream served came from the hub's key.
+#[track_caller]
+fn assert_pushed_by_hub(site: &Site, hub: &Hub) {
+    let decisions = site.log.events("decision");
+    assert!(
+        !decisions.is_empty(),
+        "site {} got no request\n{}",
+        site.label,
+        hub.story()
+    );
+    for d in &decisions {
+        assert_eq!(d.get("key").map(String::as_str), Some(HUB_KEY), "{d:?}");
+        assert_eq!(
+            d.get("decision").map(String::as_str),
+            Some("allow"),
+            "{d:?}\n{}",
+            hub.story()
+        );
+    }
+}
+
+/// A watcher that polls logs (and anything else) every few milliseconds in
+/// a scoped thread and records when each line first appeared.
+#[derive(Default)]
+struct Timeline {
+    /// (seconds since t0, source, line).
+    seen: Mutex<Vec<(f64, String, String)>>,
+}
+
+impl Timeline {
+    fn poll(
+        &self,
+        t0: Instant,
+        logs: &[(&str, &SyslogReceiver)],
+        counts: &mut BTreeMap<String, usize>,
+    ) {
+        for (name, log) in logs {
+            let lines = log.lines();
+            let n = counts.entry((*name).to_string()).or_default();
+            let mut seen = self.seen.lock().unwrap();
+            for l in &lines[*n..] {
+                seen.push((t0.elapsed().as_secs_f64(), (*name).to_string(), l.clone()));
+            }
+            *n = lines.len();
+        }
+    }
+
+    /// When the first line of `source` with `event=EVENT` and every
+    /// `key=value` of `having` appeared (seconds since t0).
+    fn first(&self, source: &str, event: &str, having: &[(&str, &str)]) -> Option<f64> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, s, l)| {
+                let f = crate::support::fields(l);
+                s == source
+                    && f.get("event").map(String::as_str) == Some(event)
+                    && having
+                        .iter()
+                        .all(|(k, v)| f.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(t, _, _)| *t)
+    }
+}
+
+/// No ssh of the hub and no rsync or gate of `sites` is left (waits up to
+/// `grace` for them to end).
+#[track_caller]
+fn assert_nothing_left(hub: &Hub, grace: Duration) {
+    let left = || {
+        let mut pids = hub.ssh_pids();
+        for s in &hub.sites {
+            pids.extend(procs::ours(procs::pids_of_user(s.login.uid)));
+            pids.extend(procs::ours(procs::pids_of_user(s.owner.uid)));
+        }
+        for f in &hub.ftpsync {
+            pids.extend(procs::ours(procs::pids_of_user(f.user.uid)));
+        }
+        pids
+    };
+    let deadline = Instant::now() + grace;
+    while !left().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pids = left();
+    assert!(
+        pids.is_empty(),
+        "processes left behind {grace:?} after the pushes:\n{}\n{}",
+        procs::describe_pids(&pids),
+        hub.story()
+    );
+}
+
+// ---------------------------------------------------------------- harness
+
+e2e_test! {
+    /// The network works without the hub code: the hub publishes, then the
+    /// test pushes each downstream with the contract's ssh argv as the
+    /// hub's login account (its key, strict host keys from its
+    /// known_hosts); each syncgate site serves it as a request of
+    /// `[key.hub]` and ends with the hub's release, the ftpsync receiver
+    /// too; the dead one is refused at once and the hanging one never gets
+    /// past the banner.
+    fn harness_downstreams_take_a_push_with_the_contract_argv() {
+        let mut hub = Hub::new(opts());
+        for label in ["cache1", "cache2"] {
+            hub.add_site(label, "all", 60, opts());
+        }
+        hub.add_site("stage", "staged", 60, opts());
+        hub.add_ftpsync("deb", "all", 60);
+        hub.add_dead("dead", 5);
+        hub.add_hang("hang", 5);
+        release(&hub.mh, "v1");
+        let (out, took) = builder_sync(&hub);
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), hub.story());
+        eprintln!("hub publish: {took:.2?}");
+
+        for label in ["cache1", "cache2"] {
+            let t0 = Instant::now();
+            let out = hub.push_direct(label, "sync:archive:iso sync:all");
+            assert_eq!(out.status.code(), Some(0), "{label}: {}\n{}", show(&out), hub.story());
+            eprintln!("push {label} (all): {:.2?}", t0.elapsed());
+            assert_same_release(&hub, hub.site(label));
+            assert_pushed_by_hub(hub.site(label), &hub);
+        }
+        // staged: stage 1 leaves the live tree alone, stage 2 publishes.
+        let out = hub.push_direct("stage", "sync:archive:iso sync:stage1");
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), hub.story());
+        assert!(hub.site("stage").read("SHA256SUMS").is_none(), "stage 1 published\n{}", hub.story());
+        let out = hub.push_direct("stage", "sync:archive:iso sync:stage2");
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), hub.story());
+        assert_same_release(&hub, hub.site("stage"));
+
+        // ftpsync: it answers when it is done here (20180513 keeps the
+        // channel open on fd 4); completion is its trace file.
+        let since = SystemTime::now() - Duration::from_secs(1);
+        let t0 = Instant::now();
+        let out = hub.push_direct("deb", "sync:archive:iso sync:all");
+        eprintln!("push deb (ftpsync): exit {:?} after {:.2?}", out.status.code(), t0.elapsed());
+        assert_ne!(out.status.code(), Some(255), "{}\n{}", show(&out), hub.story());
+        let f = &hub.ftpsync[0];
+        f.wait_done(since, SLOW);
+        let got = tree(&f.dest, ftpsync_own);
+        let diff = tree_diff(&hub_tree(&hub), &got);
+        assert!(diff.is_empty(), "ftpsync: {diff:?}\n{}", hub.story());
+
+        let t0 = Instant::now();
+        let out = hub.push_direct("dead", "sync:archive:iso sync:all");
+        assert_eq!(out.status.code(), Some(255), "{}", show(&out));
+        assert!(t0.elapsed() < Duration::from_secs(5), "refused took {:?}", t0.elapsed());
+        let t0 = Instant::now();
+        let out = hub.push_direct("hang", "sync:archive:iso sync:all");
+        assert_eq!(out.status.code(), Some(255), "{}", show(&out));
+        eprintln!("hanging downstream: ssh gave up after {:.2?}: {}", t0.elapsed(), stderr(&out).trim());
+        assert_nothing_left(&hub, Duration::from_secs(10));
+    }
+}
+
+// ------------------------------------------------------------------ hub
+
+e2e_test! {
+    /// `all` mode with cascade = "wait": one builder sync on the hub ends
+    /// with three syncgate downstreams on the hub's release when it
+    /// returns, and the ftpsync receiver there shortly after; audited and
+    /// shown in status.
+    fn all_mode_three_syncgate_sites_and_ftpsync_get_the_release() {
+        let mut hub = Hub::new(opts().cascade("wait"));
+        for label in ["cache1", "cache2", "cache3"] {
+            hub.add_site(label, "all", 60, opts());
+        }
+        hub.add_ftpsync("deb", "all", 60);
+        hub.enable(None);
+        release(&hub.mh, "v1");
+        let since = SystemTime::now() - Duration::from_secs(1);
+        let (out, took) = builder_sync(&hub);
+        eprintln!("builder sync with 4 downstreams (wait): {took:.2?}");
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), hub.story());
+        for label in ["cache1", "cache2", "cache3"] {
+            assert_same_release(&hub, hub.site(label));
+            assert_pushed_by_hub(hub.site(label), &hub);
+            let e = ends(&hub.mh.log, label);
+            assert_eq!(e.len(), 1, "{label}: {e:?}\n{}", hub.story());
+            assert_eq!(e[0]["result"], "success", "{}", hub.story());
+            assert_eq!(e[0]["stage"], "all");
+        }
+        let f = &hub.ftpsync[0];
+        let waited = f.wait_done(since, SLOW);
+        eprintln!("ftpsync done {waited:.2?} after the builder returned");
+        let diff = tree_diff(&hub_tree(&hub), &tree(&f.dest, ftpsync_own));
+        assert!(diff.is_empty(), "ftpsync: {diff:?}\n{}", hub.story());
+        let e = ends(&hub.mh.log, "deb");
+        assert_eq!(e.len(), 1, "{e:?}\n{}", hub.story());
+        assert_eq!(e[0]["result"], "triggered", "{}", hub.story());
+
+        let run = hub_run(&hub);
+        for label in ["cache1", "cache2", "cache3", "deb"] {
+            let d = status_of(&hub, label);
+            assert_eq!(d["last_push"]["result"], if label == "deb" { "triggered" } else { "success" }, "{d:#}");
+            assert_eq!(d["mode"], "all", "{d:#}");
+            assert_eq!(d["release"], run, "{d:#}");
+        }
+        let text = hub.mh.syncgate().arg("status").status(0).run();
+        let text = format!("{}{}", String::from_utf8_lossy(&text.stdout), String::from_utf8_lossy(&text.stderr));
+        for label in ["cache1", "cache2", "cache3", "deb"] {
+            assert!(text.contains(label), "text status lacks {label}:\n{text}");
+        }
+        assert_nothing_left(&hub, Duration::from_secs(10));
+    }
+}
+
+e2e_test! {
+    /// `staged`: no downstream shows the new checksum file before every
+    /// downstream finished stage 1 (one is throttled so stage 1 ends at
+    /// very different times). Watched by a reader polling every
+    /// downstream's dest, and by the order of the hub's audit lines.
+    fn staged_no_site_shows_the_new_last_file_before_all_finished_stage1() {
+        let mut hub = Hub::new(opts().cascade("wait").push_delay(120));
+        hub.add_site("fast1", "staged", 60, opts());
+        hub.add_site("fast2", "staged", 60, opts());
+        // 512 KiB at 256 KiB/s: stage 1 takes ~2 s here, ~0.1 s elsewhere.
+        hub.add_site("slow", "staged", 60, opts().bwlimit(256));
+        hub.enable(None);
+        hub.mh.put(ISO, "big.bin", &bytes(512 * 1024, 7));
+        release(&hub.mh, "v1");
+        let labels = ["fast1", "fast2", "slow"];
+        let stop = AtomicBool::new(false);
+        let tl = Timeline::default();
+        let t0 = Instant::now();
+        let early = Mutex::new(Vec::<String>::new());
+        let (out, took) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut counts = BTreeMap::new();
+                while !stop.load(Ordering::SeqCst) {
+                    // Dest first, then the hub's log: a new file seen
+                    // while fewer than all stage-1 ends were logged *after*
+                    // it is certainly too early.
+                    let shown: Vec<&str> = labels
+                        .iter()
+                        .copied()
+                        .filter(|l| hub.site(l).read("SHA256SUMS").is_some())
+                        .collect();
+                    tl.poll(t0, &[("hub", &hub.mh.log)], &mut counts);
+                    let stage1_done = push_events(&hub.mh.log)
+                        .iter()
+                        .filter(|f| f["event"] == "push-end" && f["stage"] == "stage1")
+                        .count();
+                    if !shown.is_empty() && stage1_done < labels.len() {
+                        early.lock().unwrap().push(format!(
+                            "{:.3}s: {shown:?} show SHA256SUMS, {stage1_done} stage-1 pushes ended",
+                            t0.elapsed().as_secs_f64()
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+            let r = builder_sync(&hub);
+            stop.store(true, Ordering::SeqCst);
+            r
+        });
+        eprintln!("staged push to 3 downstreams (one throttled): builder {took:.2?}");
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), hub.story());
+        let early = early.into_inner().unwrap();
+        assert!(early.is_empty(), "new last file shown before every stage 1 ended: {early:?}\n{}", hub.story());
+
+        let events = push_events(&hub.mh.log);
+        let pos = |ev: &str, stage: &str| -> Vec<usize> {
+            events
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f["event"] == ev && f["stage"] == stage)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let (s1_end, s2_start) = (pos("push-end", "stage1"), pos("push-start", "stage2"));
+        assert_eq!(s1_end.len(), 3, "{events:?}\n{}", hub.story());
+        assert_eq!(s2_start.len(), 3, "{events:?}\n{}", hub.story());
+        assert!(
+            s1_end.iter().max() < s2_start.iter().min(),
+            "a stage 2 started before every stage 1 ended: {events:#?}"
+        );
+        for label in labels {
+            assert_same_release(&hub, hub.site(label));
+            let e = ends(&hub.mh.log, label);
+            assert!(e.iter().all(|f| f["result"] == "success"), "{e:?}\n{}", hub.story());
+        }
+        let slow_end = tl.first("hub", "push-end", &[("downstream", "slow"), ("stage", "stage1")]);
+        let fast_end = tl.first("hub", "push-end", &[("downstream", "fast1"), ("stage", "stage1")]);
+        eprintln!("stage 1 ended: fast1 at {fast_end:?} s, slow at {slow_end:?} s");
+    }
+}
+
+e2e_test! {
+    /// `mhop` across three tiers: hub → mid (a syncgate hub itself, with
+    /// its own downstream) → leaf. The hub's stage 1 to mid returns only
+    /// after the leaf finished stage 1; everyone ends with the release.
+    fn mhop_three_tiers_hub_mid_leaf() {
+        let mut hub = Hub::new(opts().cascade("wait").push_delay(120));
+        hub.add_site("mid", "mhop", 120, opts().cascade("wait").push_delay(120));
+        let bin = hub.mh.bin.clone();
+        {
+            let mid = hub.sites.iter_mut().find(|s| s.label == "mid").unwrap();
+            mid.serve();
+        }
+        let mid_url = hub.site("mid").url();
+        let leaf = Site::new(&mut hub.mh.host, "leaf", &mid_url, &bin, opts());
+        let table = hub.site("mid").pusher.as_ref().unwrap().link(&leaf, "mhop", 60);
+        {
+            let mid = hub.sites.iter_mut().find(|s| s.label == "mid").unwrap();
+            mid.enable(vec![table]);
+        }
+        hub.sites.push(leaf);
+        hub.enable(None);
+        release(&hub.mh, "v1");
+
+        let stop = AtomicBool::new(false);
+        let tl = Timeline::default();
+        let t0 = Instant::now();
+        let (out, took) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut counts = BTreeMap::new();
+                let logs = [
+                    ("hub", &hub.mh.log),
+                    ("mid", &hub.site("mid").log),
+                    ("leaf", &hub.site("leaf").log),
+                ];
+                while !stop.load(Ordering::SeqCst) {
+                    tl.poll(t0, &logs, &mut counts);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+            let r = builder_sync(&hub);
+            // The leaf's stage 2 may still be on its way (mid's cascade).
+            let _ = crate::support::wait_until(SLOW, || hub.site("leaf").read("SHA256SUMS").is_some());
+            std::thread::sleep(Duration::from_millis(200));
+            stop.store(true, Ordering::SeqCst);
+            r
+        });
+        eprintln!("mhop over three tiers: builder {took:.2?}");
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), hub.story());
+        for label in ["mid", "leaf"] {
+            assert_same_release(&hub, hub.site(label));
+        }
+        // Words as runmirrors sends them, at each hop.
+        for (site, upstream) in [("mid", "hub"), ("leaf", "mid")] {
+            let cmds: Vec<String> = hub
+                .site(site)
+                .log
+                .events("decision")
+                .iter()
+                .map(|d| d["command"].trim().to_string())
+                .collect();
+            assert_eq!(
+                cmds,
+                ["sync:archive:iso sync:mhop sync:stage1", "sync:archive:iso sync:mhop sync:stage2"],
+                "{site} (pushed by {upstream})\n{}",
+                hub.story()
+            );
+        }
+        let leaf_s1 = tl.first("mid", "push-end", &[("downstream", "leaf"), ("stage", "stage1")]);
+        let mid_s1 = tl.first("hub", "push-end", &[("downstream", "mid"), ("stage", "stage1")]);
+        let mid_s2 = tl.first("hub", "push-start", &[("downstream", "mid"), ("stage", "stage2")]);
+        eprintln!("leaf stage 1 end {leaf_s1:?}, mid stage 1 end {mid_s1:?}, mid stage 2 start {mid_s2:?}");
+        let (leaf_s1, mid_s1, mid_s2) = (
+            leaf_s1.unwrap_or_else(|| panic!("mid never pushed the leaf's stage 1\n{}", hub.story())),
+            mid_s1.unwrap_or_else(|| panic!("no stage-1 end for mid\n{}", hub.story())),
+            mid_s2.unwrap_or_else(|| panic!("no stage-2 start for mid\n{}", hub.story())),
+        );
+        assert!(leaf_s1 <= mid_s1, "the hub's stage 1 to mid returned before the leaf's stage 1 ended\n{}", hub.story());
+        assert!(mid_s1 <= mid_s2, "{}", hub.story());
+        assert_nothing_left(&hub, Duration::from_secs(15));
+    }
+}
+
+e2e_test! {
+    /// A throttled, a dead (refused) and a hanging downstream next to two
+    /// fast ones: the fast ones finish well before the slow one's timeout,
+    /// the slow one is killed at its limit, every failure is in the audit
+    /// trail and in `status --json`, and no ssh or rsync is left behind.
+    fn slow_dead_and_hanging_downstreams_do_not_delay_the_fast_ones() {
+        const LIMIT: u64 = 10;
+        let mut hub = Hub::new(opts().cascade("wait"));
+        hub.add_site("fast1", "all", 60, opts());
+        hub.add_site("fast2", "all", 60, opts());
+        // 1 MiB at 4 KiB/s: minutes, far past its 10 s limit.
+        hub.add_site("slow", "all", LIMIT, opts().bwlimit(4));
+        hub.add_dead("dead", LIMIT);
+        hub.add_hang("hang", LIMIT);
+        hub.enable(None);
+        hub.mh.put(ISO, "big.bin", &bytes(1024 * 1024, 3));
+        release(&hub.mh, "v1");
+
+        let stop = AtomicBool::new(false);
+        let tl = Timeline::default();
+        let t0 = Instant::now();
+        let (out, took) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut counts = BTreeMap::new();
+                while !stop.load(Ordering::SeqCst) {
+                    tl.poll(t0, &[("hub", &hub.mh.log)], &mut counts);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+            let r = builder_sync(&hub);
+            std::thread::sleep(Duration::from_millis(100));
+            stop.store(true, Ordering::SeqCst);
+            r
+        });
+        eprintln!("builder with slow/dead/hanging downstreams: {took:.2?}");
+        // require = 0: the local release counts.
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), hub.story());
+        let local = tl.first("hub", "push-start", &[("downstream", "fast1")]).expect("fast1 pushed");
+        for label in ["fast1", "fast2"] {
+            let end = tl
+                .first("hub", "push-end", &[("downstream", label), ("result", "success")])
+                .unwrap_or_else(|| panic!("{label} did not succeed\n{}", hub.story()));
+            eprintln!("{label}: done {:.2} s after the pushes started", end - local);
+            assert!(
+                end - local < LIMIT as f64 / 2.0,
+                "{label} took {:.2} s, not well below the slow one's {LIMIT} s\n{}",
+                end - local,
+                hub.story()
+            );
+            assert_same_release(&hub, hub.site(label));
+        }
+        let slow = ends(&hub.mh.log, "slow");
+        assert_eq!(slow.len(), 1, "{slow:?}\n{}", hub.story());
+        assert_eq!(slow[0]["result"], "timeout", "{}", hub.story());
+        let d: f64 = slow[0]["duration"].parse().unwrap();
+        assert!(
+            (LIMIT as f64 - 0.5..LIMIT as f64 + 5.0).contains(&d),
+            "slow push lasted {d} s, its limit is {LIMIT} s"
+        );
+        assert!(took < Duration::from_secs(LIMIT + 10), "builder waited {took:?}: not the slow one's limit");
+        let dead = ends(&hub.mh.log, "dead");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["result"], "failed", "{}", hub.story());
+        assert_eq!(dead[0]["exit"], "255", "{}", hub.story());
+        let hang = ends(&hub.mh.log, "hang");
+        assert_eq!(hang.len(), 1, "{hang:?}");
+        assert!(matches!(hang[0]["result"].as_str(), "timeout" | "failed"), "{hang:?}");
+
+        for (label, want) in [("fast1", "success"), ("fast2", "success"), ("slow", "timeout"), ("dead", "failed")] {
+            let st = status_of(&hub, label);
+            assert_eq!(st["last_push"]["result"], want, "{label}: {st:#}");
+        }
+        assert_ne!(status_of(&hub, "hang")["last_push"]["result"], "success");
+        assert_ne!(status_of(&hub, "slow")["release"], hub_run(&hub), "the slow one never got it");
+        assert!(hub.ssh_pids().is_empty(), "ssh left behind: {}", procs::describe_pids(&hub.ssh_pids()));
+        assert_nothing_left(&hub, Duration::from_secs(15));
+    }
+}
+
+e2e_test! {
+    /// A burst of builder requests during a fan-out (cascade = "detach"):
+    /// the builders return after the local publish, pushes for the mirror
+    /// never overlap per downstream, and every downstream ends with the
+    /// last publish.
+    fn burst_during_fanout_pushes_never_overlap_and_the_last_publish_wins() {
+        let mut hub = Hub::new(opts().cascade("detach"));
+        hub.add_site("a", "all", 60, opts());
+        hub.add_site("b", "all", 60, opts());
+        // Slow enough that later publishes arrive during its push.
+        hub.add_site("c", "all", 60, opts().bwlimit(512));
+        hub.enable(None);
+        hub.mh.put(ISO, "big.bin", &bytes(1024 * 1024, 5));
+        let mut builders = Vec::new();
+        for i in 1..=5 {
+            release(&hub.mh, &format!("v{i}"));
+            let (out, took) = builder_sync(&hub);
+            assert_eq!(out.status.code(), Some(0), "builder {i}: {}\n{}", show(&out), hub.story());
+            builders.push(took);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        eprintln!("builder times (detach): {builders:.2?}");
+        let want = hub_tree(&hub);
+        let all_done = || {
+            hub.sites.iter().all(|s| tree(&s.dest(ISO), |_| false) == want) && {
+                let ev = hub.push_events();
+                let starts = ev.iter().filter(|f| f["event"] == "push-start").count();
+                let ends = ev.iter().filter(|f| f["event"] == "push-end").count();
+                starts == ends
+            }
+        };
+        crate::support::wait_until(SLOW, all_done)
+            .unwrap_or_else(|| panic!("downstreams never all got the last publish\n{}", hub.story()));
+        // Let a straggling push show up if there were one.
+        std::thread::sleep(Duration::from_secs(2));
+        let ev = hub.push_events();
+        for s in &hub.sites {
+            let mine: Vec<&str> = ev
+                .iter()
+                .filter(|f| f.get("downstream") == Some(&s.label))
+                .map(|f| f["event"].as_str())
+                .collect();
+            eprintln!("{}: {} pushes", s.label, mine.len() / 2);
+            assert!(!mine.is_empty(), "{} never pushed\n{}", s.label, hub.story());
+            for (i, e) in mine.iter().enumerate() {
+                let want = if i % 2 == 0 { "push-start" } else { "push-end" };
+                assert_eq!(*e, want, "pushes to {} overlap: {mine:?}\n{}", s.label, hub.story());
+            }
+            assert!(mine.len() / 2 <= 5, "more pushes than publishes to {}: {mine:?}", s.label);
+            assert_same_release(&hub, s);
+        }
+        // All fan-outs are one at a time: no push-start while another
+        // downstream's push of an earlier fan-out is still running is not
+        // required, but the per-mirror push lock means one `syncgate push`.
+        assert_nothing_left(&hub, Duration::from_secs(15));
+    }
+}
+
+e2e_test! {
+    /// Config errors of the hub tables: a group-readable push key, an
+    /// unknown key in a downstream table, a bad host → exit 78 naming file,
+    /// line and key (loaded by the account that pushes).
+    fn hub_config_errors_name_file_line_and_key() {
+        let mut hub = Hub::new(opts());
+        hub.add_site("cache1", "all", 60, opts());
+        hub.enable(None);
+        let cfg = hub.mh.config.clone();
+        let text = fs::read_to_string(&cfg).unwrap();
+        let line_of = |text: &str, needle: &str| {
+            text.lines()
+                .position(|l| l.starts_with(needle))
+                .map(|i| i + 1)
+                .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+        };
+        let run_status = |what: &str| -> String {
+            let out = hub
+                .mh
+                .host
+                .run_as(&hub.mh.login.name, &[hub.mh.bin.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "status"]);
+            assert_eq!(out.status.code(), Some(78), "{what}: {}", show(&out));
+            let err = stderr(&out);
+            eprintln!("{what}: {}", err.trim());
+            err
+        };
+        // A sane config loads.
+        let out = hub.mh.host.run_as(&hub.mh.login.name, &[hub.mh.bin.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "status"]);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+        // 1. group-readable key file.
+        let key = hub.table("cache1").key.clone();
+        crate::support::host::set_mode(&key, 0o640);
+        let err = run_status("group-readable key");
+        let line = line_of(&text, "key = ");
+        assert!(err.contains(&format!("{}:{line}:", cfg.display())), "{err}");
+        assert!(err.contains("key"), "{err}");
+        assert!(err.contains(&key.display().to_string()) || err.contains("group"), "{err}");
+        crate::support::host::set_mode(&key, 0o600);
+
+        // 2. unknown key in a downstream table.
+        let bad = text.replace("kind = \"syncgate\"", "kind = \"syncgate\"\nhots = \"x\"");
+        fs::write(&cfg, &bad).unwrap();
+        let err = run_status("unknown downstream key");
+        let line = line_of(&bad, "hots = ");
+        assert!(err.contains(&format!("{}:{line}:", cfg.display())), "{err}");
+        assert!(err.contains("hots"), "{err}");
+
+        // 3. a host that is neither a hostname nor an address.
+        let bad = text.replace("host = \"127.0.0.1\"", "host = \"-oProxyCommand=sh\"");
+        fs::write(&cfg, &bad).unwrap();
+        let err = run_status("bad host");
+        let line = line_of(&bad, "host = ");
+        assert!(err.contains(&format!("{}:{line}:", cfg.display())), "{err}");
+        assert!(err.contains("host"), "{err}");
+        fs::write(&cfg, &text).unwrap();
+    }
+}
