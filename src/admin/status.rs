@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::hub::state::{PushRecord, PushState};
 use crate::queue::state::MirrorState;
 use crate::queue::statedir::StateDir;
 use crate::run::{now, RunRecord, Running, Snapshots};
@@ -37,9 +38,55 @@ pub struct MirrorStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshots>,
     pub warning: Option<String>,
+    /// A hub's downstream mirrors and how their last push went.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub downstreams: Vec<DownstreamStatus>,
 }
 
-fn collect(sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
+#[derive(Debug, Serialize)]
+pub struct DownstreamStatus {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub mode: &'static str,
+    pub kind: &'static str,
+    pub last_push: Option<PushRecord>,
+    /// Seconds since the last push ended.
+    pub age: Option<u64>,
+    /// The hub's release (run id) the downstream last got in full.
+    pub release: Option<u64>,
+}
+
+fn downstreams(cfg: &Config, sd: &StateDir, name: &str, t: u64) -> Vec<DownstreamStatus> {
+    let Ok(m) = cfg.mirror(name) else {
+        return Vec::new();
+    };
+    if m.fanout.downstreams.is_empty() {
+        return Vec::new();
+    }
+    let st = PushState::load(sd, name)
+        .map(|(s, _)| s)
+        .unwrap_or_default();
+    m.fanout
+        .downstreams
+        .iter()
+        .map(|d| {
+            let s = st.get(&d.name);
+            DownstreamStatus {
+                name: d.name.clone(),
+                host: d.host.clone(),
+                port: d.port,
+                mode: d.mode.as_str(),
+                kind: d.kind.as_str(),
+                age: s.last_push.as_ref().map(|p| t.saturating_sub(p.ended)),
+                last_push: s.last_push,
+                release: s.release,
+            }
+        })
+        .collect()
+}
+
+fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
     let t = now();
     let mut mirrors = Vec::new();
     for name in names {
@@ -71,6 +118,7 @@ fn collect(sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
                 .find_map(|r| r.outcome.snapshot.clone()),
             running: st.running,
             warning: loaded.warning,
+            downstreams: downstreams(cfg, sd, name, t),
         });
     }
     Ok(StatusDoc {
@@ -92,7 +140,7 @@ pub enum TextTo {
 /// `status`: collects `names` and prints them as JSON (stdout) or as text.
 pub fn show(cfg: &Config, names: &[String], json: bool, text_to: TextTo) -> Result<()> {
     let sd = StateDir::open(&cfg.state_dir)?;
-    let doc = collect(&sd, names)?;
+    let doc = collect(cfg, &sd, names)?;
     // A reader that went away (`| head`, a client that left) is not an error.
     if json {
         let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
@@ -156,6 +204,32 @@ fn render(doc: &StatusDoc) -> String {
                 human_secs(t.saturating_sub(s))
             )),
             None => out.push_str("  last success: never\n"),
+        }
+        for d in &m.downstreams {
+            let how = match &d.last_push {
+                Some(p) => format!(
+                    "{} {} of release #{} {} ago (took {}){}",
+                    p.stage,
+                    p.result.as_str(),
+                    p.run,
+                    human_secs(t.saturating_sub(p.ended)),
+                    human_secs(p.ended.saturating_sub(p.started)),
+                    if p.result.ok() {
+                        String::new()
+                    } else {
+                        format!(": {}", p.message)
+                    }
+                ),
+                None => "never pushed".into(),
+            };
+            let has = d
+                .release
+                .map(|r| format!("has #{r}"))
+                .unwrap_or_else(|| "has nothing from here yet".into());
+            out.push_str(&format!(
+                "  downstream {} ({}:{}, {}, {}): {how}; {has}\n",
+                d.name, d.host, d.port, d.kind, d.mode
+            ));
         }
         if let Some(w) = &m.warning {
             out.push_str(&format!("  warning: {w}\n"));

@@ -25,6 +25,7 @@
 mod cidr;
 mod duration;
 mod facility;
+mod hub;
 mod key;
 mod mirror;
 mod names;
@@ -49,6 +50,7 @@ use raw::{RawSyslog, Source};
 
 pub use cidr::{Cidr, CidrError};
 pub use facility::Facility;
+pub use hub::{Cascade, Downstream, DownstreamKind, Fanout, Hub, PushMode};
 pub use names::{lookup_gid, lookup_uid, valid_host, valid_name, MirrorName, SUBCOMMANDS};
 pub use paths::sudoers_safe;
 pub use perm::{parse_mode, InvalidPolicy, PermPolicy};
@@ -116,6 +118,9 @@ pub struct Config {
     pub syslog: SyslogConfig,
     pub mirrors: BTreeMap<String, Mirror>,
     pub keys: BTreeMap<String, KeyConfig>,
+    /// How this host pushes downstream mirrors (`[hub]`); required when a
+    /// mirror has downstreams.
+    pub hub: Option<Hub>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +168,8 @@ pub struct Mirror {
     pub busy_wait: u64,
     /// How changes go live (`publish`, `keep`, `verify`, …).
     pub publish: Publish,
+    /// The downstream mirrors pushed after a publish (`[mirror.NAME.downstream.*]`).
+    pub fanout: Fanout,
 }
 
 impl Mirror {
@@ -302,9 +309,18 @@ impl Config {
         let audit_required = raw.audit_required.unwrap_or(true);
         let syslog = syslog(&src, raw.syslog, &state_dir)?;
 
+        let hub = raw.hub.map(|h| hub::hub(&src, h)).transpose()?;
         let mut mirrors = BTreeMap::new();
         for (name, m) in raw.mirror {
-            let mirror = mirror::validate_mirror(&src, &name, m, privilege)?;
+            let span = name.span();
+            let mirror = mirror::validate_mirror(&src, &name, m, privilege, &login_user)?;
+            if hub.is_none() && !mirror.fanout.downstreams.is_empty() {
+                return src.err(
+                    span,
+                    &format!("mirror.{}.downstream", mirror.name),
+                    "downstreams need a [hub] table with known_hosts (the downstreams' host keys)",
+                );
+            }
             mirrors.insert(mirror.name.clone(), mirror);
         }
 
@@ -326,6 +342,7 @@ impl Config {
             syslog,
             mirrors,
             keys,
+            hub,
         })
     }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration::RawDuration;
+use super::hub::{RawDownstream, RawHub};
 use super::Privilege;
 use crate::error::{Error, Result};
 
@@ -24,6 +25,7 @@ pub(super) struct RawConfig {
     pub heartbeat: Option<Spanned<u64>>,
     pub audit_required: Option<bool>,
     pub syslog: Option<RawSyslog>,
+    pub hub: Option<RawHub>,
     #[serde(default)]
     pub mirror: BTreeMap<Spanned<String>, RawMirror>,
     #[serde(default)]
@@ -65,6 +67,11 @@ pub(super) struct RawMirror {
     pub verify: Option<Spanned<String>>,
     pub checksum_files: Option<Vec<Spanned<String>>>,
     pub verify_signature: Option<RawSignature>,
+    pub cascade: Option<Spanned<String>>,
+    pub require: Option<Spanned<u64>>,
+    pub push_delay: Option<Spanned<RawDuration>>,
+    #[serde(default)]
+    pub downstream: BTreeMap<Spanned<String>, RawDownstream>,
 }
 
 #[derive(Deserialize)]

@@ -20,6 +20,10 @@ pub struct MirrorState {
     /// Finished runs, oldest first.
     pub runs: Vec<RunRecord>,
     pub last_success: Option<u64>,
+    /// The newest successful run that published a change (a hub pushes
+    /// its downstreams until each has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<u64>,
 }
 
 /// What reading the state file found.
@@ -84,12 +88,28 @@ impl MirrorState {
     pub fn push(&mut self, rec: RunRecord) {
         if rec.result == RunResult::Success {
             self.last_success = Some(rec.ended);
+            if rec.stage.is_all() && rec.published_change() {
+                self.last_change = Some(rec.run);
+            }
         }
         self.runs.push(rec);
         if self.runs.len() > HISTORY {
             let extra = self.runs.len() - HISTORY;
             self.runs.drain(..extra);
         }
+    }
+
+    /// The release a hub's downstreams should have: the newest run that
+    /// published a change, or (state written before that was kept) the
+    /// newest success.
+    pub fn release(&self) -> Option<u64> {
+        self.last_change.or_else(|| {
+            self.runs
+                .iter()
+                .rev()
+                .find(|r| r.result == RunResult::Success && r.stage.is_all())
+                .map(|r| r.run)
+        })
     }
 
     pub fn last_run(&self) -> Option<&RunRecord> {

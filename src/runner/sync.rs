@@ -89,7 +89,13 @@ pub fn sync(
             key_max: cfg.keys.get(v.key).and_then(|k| k.max_waiting),
         });
         let served = queue::serve(cfg, &sd, mirror, &req, caps, audit, run);
+        let pushed = served.as_ref().ok().cloned();
         worst = worst.worst(report(name, &req, via, served, audit));
+        if let Some(s) = pushed {
+            if let Some(e) = crate::hub::after_sync(cfg, mirror, &req, &s, audit) {
+                worst = worst.worst(e);
+            }
+        }
     }
     match worst {
         Exit::Ok => Ok(()),
