@@ -153,6 +153,13 @@ struct Timeline {
 }
 
 impl Timeline {
+    /// Counts that make [`Timeline::poll`] ignore the lines already there.
+    fn skip_existing(logs: &[(&str, &SyslogReceiver)]) -> BTreeMap<String, usize> {
+        logs.iter()
+            .map(|(n, l)| ((*n).to_string(), l.lines().len()))
+            .collect()
+    }
+
     fn poll(
         &self,
         t0: Instant,
@@ -417,8 +424,12 @@ e2e_test! {
 
 e2e_test! {
     /// `mhop` across three tiers: hub → mid (a syncgate hub itself, with
-    /// its own downstream) → leaf. The hub's stage 1 to mid returns only
-    /// after the leaf finished stage 1; everyone ends with the release.
+    /// its own downstream) → leaf. Two releases: the first reaches the leaf
+    /// (mid has nothing published when its stage 1 comes, so it has nothing
+    /// to push down yet); on the second, the hub's stage 1 to mid returns
+    /// only after mid pushed the leaf's stage 1 and it ended, and the leaf
+    /// gets runmirrors' mhop words in order. Everyone ends with the hub's
+    /// release each time.
     fn mhop_three_tiers_hub_mid_leaf() {
         let mut hub = Hub::new(opts().cascade("wait").push_delay(120));
         hub.add_site("mid", "mhop", 120, opts().cascade("wait").push_delay(120));
@@ -436,63 +447,83 @@ e2e_test! {
         }
         hub.sites.push(leaf);
         hub.enable(None);
-        release(&hub.mh, "v1");
 
-        let stop = AtomicBool::new(false);
-        let tl = Timeline::default();
-        let t0 = Instant::now();
-        let (out, took) = std::thread::scope(|s| {
-            s.spawn(|| {
-                let mut counts = BTreeMap::new();
-                let logs = [
-                    ("hub", &hub.mh.log),
-                    ("mid", &hub.site("mid").log),
-                    ("leaf", &hub.site("leaf").log),
-                ];
-                while !stop.load(Ordering::SeqCst) {
-                    tl.poll(t0, &logs, &mut counts);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+        for round in ["v1", "v2"] {
+            release(&hub.mh, round);
+            let leaf_before = hub.site("leaf").log.events("decision").len();
+            let stop = AtomicBool::new(false);
+            let tl = Timeline::default();
+            let t0 = Instant::now();
+            let (out, took) = std::thread::scope(|s| {
+                s.spawn(|| {
+                    let logs = [
+                        ("hub", &hub.mh.log),
+                        ("mid", &hub.site("mid").log),
+                        ("leaf", &hub.site("leaf").log),
+                    ];
+                    let mut counts = Timeline::skip_existing(&logs);
+                    while !stop.load(Ordering::SeqCst) {
+                        tl.poll(t0, &logs, &mut counts);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                });
+                let r = builder_sync(&hub);
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, Ordering::SeqCst);
+                r
             });
-            let r = builder_sync(&hub);
-            // The leaf's stage 2 may still be on its way (mid's cascade).
-            let _ = crate::support::wait_until(SLOW, || hub.site("leaf").read("SHA256SUMS").is_some());
-            std::thread::sleep(Duration::from_millis(200));
-            stop.store(true, Ordering::SeqCst);
-            r
-        });
-        eprintln!("mhop over three tiers: builder {took:.2?}");
-        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), hub.story());
-        for label in ["mid", "leaf"] {
-            assert_same_release(&hub, hub.site(label));
-        }
-        // Words as runmirrors sends them, at each hop.
-        for (site, upstream) in [("mid", "hub"), ("leaf", "mid")] {
-            let cmds: Vec<String> = hub
-                .site(site)
-                .log
-                .events("decision")
-                .iter()
-                .map(|d| d["command"].trim().to_string())
-                .collect();
+            eprintln!("{round}: mhop over three tiers: builder {took:.2?}");
+            assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), hub.story());
+            // cascade = "wait" at both tiers: done when the builder returns.
+            for label in ["mid", "leaf"] {
+                assert_same_release(&hub, hub.site(label));
+            }
+            let cmds = |site: &str, from: usize| -> Vec<String> {
+                hub.site(site).log.events("decision")[from..]
+                    .iter()
+                    .map(|d| d["command"].trim().to_string())
+                    .collect()
+            };
+            let mid_from = if round == "v1" { 0 } else { 2 };
             assert_eq!(
-                cmds,
+                cmds("mid", mid_from),
                 ["sync:archive:iso sync:mhop sync:stage1", "sync:archive:iso sync:mhop sync:stage2"],
-                "{site} (pushed by {upstream})\n{}",
+                "{round}: mid, pushed by the hub\n{}",
                 hub.story()
             );
+            let leaf_cmds = cmds("leaf", leaf_before);
+            eprintln!("{round}: leaf got {leaf_cmds:?}");
+            for o in &hub.site("leaf").outcomes()[leaf_before..] {
+                eprintln!(
+                    "{round}: leaf run {} files={} bytes={} result={}",
+                    o["run"], o["files"], o["bytes"], o["result"]
+                );
+            }
+            if round == "v1" {
+                continue;
+            }
+            assert_eq!(
+                leaf_cmds,
+                ["sync:archive:iso sync:mhop sync:stage1", "sync:archive:iso sync:mhop sync:stage2"],
+                "{round}: leaf, pushed by mid\n{}",
+                hub.story()
+            );
+            let leaf_s1 = tl.first("mid", "push-end", &[("downstream", "leaf"), ("stage", "stage1")]);
+            let mid_s1 = tl.first("hub", "push-end", &[("downstream", "mid"), ("stage", "stage1")]);
+            let mid_s2 = tl.first("hub", "push-start", &[("downstream", "mid"), ("stage", "stage2")]);
+            eprintln!("{round}: leaf stage 1 end {leaf_s1:?}, mid stage 1 end {mid_s1:?}, mid stage 2 start {mid_s2:?}");
+            let (leaf_s1, mid_s1, mid_s2) = (
+                leaf_s1.unwrap_or_else(|| panic!("mid never pushed the leaf's stage 1\n{}", hub.story())),
+                mid_s1.unwrap_or_else(|| panic!("no stage-1 end for mid\n{}", hub.story())),
+                mid_s2.unwrap_or_else(|| panic!("no stage-2 start for mid\n{}", hub.story())),
+            );
+            assert!(
+                leaf_s1 <= mid_s1,
+                "the hub's stage 1 to mid returned before the leaf's stage 1 ended\n{}",
+                hub.story()
+            );
+            assert!(mid_s1 <= mid_s2, "{}", hub.story());
         }
-        let leaf_s1 = tl.first("mid", "push-end", &[("downstream", "leaf"), ("stage", "stage1")]);
-        let mid_s1 = tl.first("hub", "push-end", &[("downstream", "mid"), ("stage", "stage1")]);
-        let mid_s2 = tl.first("hub", "push-start", &[("downstream", "mid"), ("stage", "stage2")]);
-        eprintln!("leaf stage 1 end {leaf_s1:?}, mid stage 1 end {mid_s1:?}, mid stage 2 start {mid_s2:?}");
-        let (leaf_s1, mid_s1, mid_s2) = (
-            leaf_s1.unwrap_or_else(|| panic!("mid never pushed the leaf's stage 1\n{}", hub.story())),
-            mid_s1.unwrap_or_else(|| panic!("no stage-1 end for mid\n{}", hub.story())),
-            mid_s2.unwrap_or_else(|| panic!("no stage-2 start for mid\n{}", hub.story())),
-        );
-        assert!(leaf_s1 <= mid_s1, "the hub's stage 1 to mid returned before the leaf's stage 1 ended\n{}", hub.story());
-        assert!(mid_s1 <= mid_s2, "{}", hub.story());
         assert_nothing_left(&hub, Duration::from_secs(15));
     }
 }
