@@ -793,3 +793,205 @@ e2e_test! {
         assert_nothing_left(&hub, Duration::from_secs(10));
     }
 }
+
+// ------------------------------------------------------------------ bench
+
+/// Median and min–max of `v`, formatted with `unit`.
+fn spread(v: &[f64], unit: &str) -> String {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let med = if s.is_empty() {
+        f64::NAN
+    } else if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    format!(
+        "{med:.2} {unit} ({:.2}–{:.2})",
+        s.first().copied().unwrap_or(f64::NAN),
+        s.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    }
+}
+
+/// The hub's processes (its login account's, in this namespace) and the
+/// sum of their resident memory (KiB).
+fn hub_footprint(hub: &Hub) -> (usize, u64) {
+    let pids = procs::ours(procs::pids_of_user(hub.mh.login.uid));
+    let rss = pids
+        .iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .sum();
+    (pids.len(), rss)
+}
+
+/// One measured publish: the builder's `sync iso` with cascade = "wait",
+/// while a watcher records the hub's push lines and footprint.
+struct Round {
+    /// Seconds from the first push-start to each downstream's push-end.
+    ends: BTreeMap<String, f64>,
+    /// Each downstream's own push duration (seconds, from the audit line).
+    durations: BTreeMap<String, f64>,
+    peak_procs: usize,
+    peak_rss_kib: u64,
+}
+
+fn measured_round(hub: &Hub, tag: &str, seed: u64) -> Round {
+    hub.mh.put(ISO, "big.bin", &bytes(64 * 1024, seed));
+    release(&hub.mh, tag);
+    let stop = AtomicBool::new(false);
+    let tl = Timeline::default();
+    let peak = Mutex::new((0usize, 0u64));
+    let t0 = Instant::now();
+    let (out, _) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let logs = [("hub", &hub.mh.log)];
+            let mut counts = Timeline::skip_existing(&logs);
+            while !stop.load(Ordering::SeqCst) {
+                tl.poll(t0, &logs, &mut counts);
+                let (n, rss) = hub_footprint(hub);
+                let mut p = peak.lock().unwrap();
+                *p = (p.0.max(n), p.1.max(rss));
+                drop(p);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let r = builder_sync(hub);
+        std::thread::sleep(Duration::from_millis(50));
+        stop.store(true, Ordering::SeqCst);
+        r
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        show(&out),
+        hub.story()
+    );
+    let seen = tl.seen.into_inner().unwrap();
+    let lines: Vec<(f64, BTreeMap<String, String>)> = seen
+        .iter()
+        .map(|(t, _, l)| (*t, crate::support::fields(l)))
+        .collect();
+    let first = lines
+        .iter()
+        .find(|(_, f)| f.get("event").map(String::as_str) == Some("push-start"))
+        .map(|(t, _)| *t)
+        .unwrap_or_else(|| panic!("{tag}: no push\n{}", hub.story()));
+    let mut ends = BTreeMap::new();
+    let mut durations = BTreeMap::new();
+    for (t, f) in &lines {
+        if f.get("event").map(String::as_str) == Some("push-end") {
+            assert_eq!(f["result"], "success", "{tag}: {f:?}\n{}", hub.story());
+            ends.insert(f["downstream"].clone(), t - first);
+            durations.insert(
+                f["downstream"].clone(),
+                f["duration"].parse().unwrap_or(f64::NAN),
+            );
+        }
+    }
+    let (peak_procs, peak_rss_kib) = peak.into_inner().unwrap();
+    Round {
+        ends,
+        durations,
+        peak_procs,
+        peak_rss_kib,
+    }
+}
+
+e2e_test! {
+    /// bench/fanout.sh's measurement (not a test): a hub with N downstreams
+    /// (BENCH_DOWNSTREAMS, default 20; tiny trees), one of them throttled
+    /// (`bwlimit`, 64 KiB per release), max_parallel BENCH_MAX_PARALLEL
+    /// (default N). Interleaved rounds (one warmup, then BENCH_RUNS, default
+    /// 5): a single push (only one fast downstream configured) and the
+    /// fan-out to all N. Prints a Markdown table.
+    #[ignore = "benchmark: run bench/fanout.sh"]
+    fn bench_fanout() {
+        let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let n = env("BENCH_DOWNSTREAMS", 20).max(2) as usize;
+        let runs = env("BENCH_RUNS", 5).max(3) as usize;
+        let max_parallel = env("BENCH_MAX_PARALLEL", n as u64);
+        let slow_bwlimit = env("BENCH_SLOW_BWLIMIT", 16);
+        let t = Instant::now();
+        let mut hub = Hub::new(opts().cascade("wait"));
+        for i in 1..n {
+            hub.add_site(&format!("f{i:02}"), "all", 300, opts());
+        }
+        hub.add_site("slow", "all", 300, opts().bwlimit(slow_bwlimit));
+        eprintln!("set-up of {n} downstreams: {:.1?}", t.elapsed());
+        let all = hub.downstreams.clone();
+        let single = vec![all[0].clone()];
+        let configure = |hub: &mut Hub, ds: &[crate::support::config::DownstreamTable]| {
+            hub.downstreams = ds.to_vec();
+            hub.enable(Some(max_parallel));
+        };
+        let (mut one, mut fast, mut total, mut slow, mut sum, mut procs_peak, mut rss_peak) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for r in 0..=runs {
+            configure(&mut hub, &single);
+            let a = measured_round(&hub, &format!("single{r}"), 2 * r as u64 + 1);
+            configure(&mut hub, &all);
+            let b = measured_round(&hub, &format!("fanout{r}"), 2 * r as u64 + 2);
+            let fast_done = b
+                .ends
+                .iter()
+                .filter(|(k, _)| k.as_str() != "slow")
+                .map(|(_, v)| *v)
+                .fold(0.0, f64::max);
+            assert_eq!(b.ends.len(), n, "{:?}", b.ends);
+            let line = format!(
+                "round {r}{}: single {:.2} s; fan-out: {} fast done {:.2} s, all {:.2} s, slow {:.2} s, sum {:.1} s, peak {} procs {:.1} MiB",
+                if r == 0 { " (warmup)" } else { "" },
+                a.ends.values().fold(0.0, |x: f64, y| x.max(*y)),
+                n - 1,
+                fast_done,
+                b.ends.values().fold(0.0, |x: f64, y| x.max(*y)),
+                b.durations["slow"],
+                b.durations.values().sum::<f64>(),
+                b.peak_procs,
+                b.peak_rss_kib as f64 / 1024.0
+            );
+            eprintln!("{line}");
+            if r == 0 {
+                continue;
+            }
+            one.push(a.ends.values().fold(0.0, |x: f64, y| x.max(*y)));
+            fast.push(fast_done);
+            total.push(b.ends.values().fold(0.0, |x: f64, y| x.max(*y)));
+            slow.push(b.durations["slow"]);
+            sum.push(b.durations.values().sum::<f64>());
+            procs_peak.push(b.peak_procs as f64);
+            rss_peak.push(b.peak_rss_kib as f64 / 1024.0);
+        }
+        let ratio: Vec<f64> = fast.iter().zip(&one).map(|(f, o)| f / o).collect();
+        let over: Vec<f64> = total.iter().zip(&slow).map(|(t, s)| t / s).collect();
+        let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
+        println!("\n| fan-out to {n} downstreams ({} fast, 1 at bwlimit {slow_bwlimit} KiB/s), max_parallel {max_parallel}, {runs} rounds | median (min–max) | target | |", n - 1);
+        println!("|---|---|---|---|");
+        println!("| single push (1 downstream configured), push-start → push-end | {} | | |", spread(&one, "s"));
+        println!("| fan-out: all {} fast ones done (from the first push-start) | {} | | |", n - 1, spread(&fast, "s"));
+        println!("| ratio fast-done / single | {} | ≤ 1.5× | {} |", spread(&ratio, "×"), verdict(median(&ratio) <= 1.5));
+        println!("| fan-out: last push done | {} | | |", spread(&total, "s"));
+        println!("| the slow one's own push (audit duration) | {} | | |", spread(&slow, "s"));
+        println!("| last done / slow one's | {} | ≈ 1× (not the sum) | {} |", spread(&over, "×"), verdict(median(&over) <= 1.1));
+        println!("| sum of all push durations (what a serial hub would take) | {} | | |", spread(&sum, "s"));
+        println!("| hub peak processes (login account: gate, ssh) | {} | info | |", spread(&procs_peak, ""));
+        println!("| hub peak RSS sum | {} | info | |", spread(&rss_peak, "MiB"));
+    }
+}
