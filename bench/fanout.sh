@@ -12,6 +12,9 @@
 #   BENCH_MAX_PARALLEL   the hub's [hub] max_parallel (default: all of them)
 #   BENCH_SLOW_BWLIMIT   KiB/s of the throttled downstream's pull; it pulls
 #                        64 KiB per release (default 16, about 4 s)
+#   BENCH_RECEIVER       syncgate (default) or null: the downstream keys run
+#                        `true` (the slow one `sleep 4`): the hub's and ssh's
+#                        cost alone, without 20 downstream syncs sharing the CPU
 #   BENCH_RELEASE        1 = build and run the release profile (default: the
 #                        debug build the tests use; a release build of the
 #                        test binary takes minutes on 2 cores)

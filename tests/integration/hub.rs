@@ -840,6 +840,22 @@ fn hub_footprint(hub: &Hub) -> (usize, u64) {
     (pids.len(), rss)
 }
 
+/// (busy, total) jiffies of the whole machine, from /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 /// One measured publish: the builder's `sync iso` with cascade = "wait",
 /// while a watcher records the hub's push lines and footprint.
 struct Round {
@@ -849,6 +865,8 @@ struct Round {
     durations: BTreeMap<String, f64>,
     peak_procs: usize,
     peak_rss_kib: u64,
+    /// Share of the machine's CPU time that was busy during the round.
+    cpu_busy: f64,
 }
 
 fn measured_round(hub: &Hub, tag: &str, seed: u64) -> Round {
@@ -857,6 +875,7 @@ fn measured_round(hub: &Hub, tag: &str, seed: u64) -> Round {
     let stop = AtomicBool::new(false);
     let tl = Timeline::default();
     let peak = Mutex::new((0usize, 0u64));
+    let cpu0 = cpu_jiffies();
     let t0 = Instant::now();
     let (out, _) = std::thread::scope(|s| {
         s.spawn(|| {
@@ -876,6 +895,8 @@ fn measured_round(hub: &Hub, tag: &str, seed: u64) -> Round {
         stop.store(true, Ordering::SeqCst);
         r
     });
+    let cpu1 = cpu_jiffies();
+    let cpu_busy = (cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -911,6 +932,7 @@ fn measured_round(hub: &Hub, tag: &str, seed: u64) -> Round {
         durations,
         peak_procs,
         peak_rss_kib,
+        cpu_busy,
     }
 }
 
@@ -934,7 +956,17 @@ e2e_test! {
             hub.add_site(&format!("f{i:02}"), "all", 300, opts());
         }
         hub.add_site("slow", "all", 300, opts().bwlimit(slow_bwlimit));
-        eprintln!("set-up of {n} downstreams: {:.1?}", t.elapsed());
+        // BENCH_RECEIVER=null: each downstream's key runs `true` (the slow
+        // one `sleep`) instead of syncgate: the hub's and ssh's cost alone.
+        let null = std::env::var("BENCH_RECEIVER").is_ok_and(|v| v == "null");
+        if null {
+            for site in &hub.sites {
+                let public = fs::read_to_string(hub.table(&site.label).key.with_extension("pub")).unwrap();
+                let cmd = if site.label == "slow" { "/bin/sleep 4" } else { "/bin/true" };
+                hub.mh.host.authorize(&site.login.name, &[(public.trim(), &format!("restrict,command=\"{cmd}\""))]);
+            }
+        }
+        eprintln!("set-up of {n} downstreams ({}): {:.1?}", if null { "null receivers" } else { "syncgate" }, t.elapsed());
         let all = hub.downstreams.clone();
         let single = vec![all[0].clone()];
         let configure = |hub: &mut Hub, ds: &[crate::support::config::DownstreamTable]| {
@@ -943,6 +975,7 @@ e2e_test! {
         };
         let (mut one, mut fast, mut total, mut slow, mut sum, mut procs_peak, mut rss_peak) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut busy = vec![];
         for r in 0..=runs {
             configure(&mut hub, &single);
             let a = measured_round(&hub, &format!("single{r}"), 2 * r as u64 + 1);
@@ -956,22 +989,24 @@ e2e_test! {
                 .fold(0.0, f64::max);
             assert_eq!(b.ends.len(), n, "{:?}", b.ends);
             let line = format!(
-                "round {r}{}: single {:.2} s; fan-out: {} fast done {:.2} s, all {:.2} s, slow {:.2} s, sum {:.1} s, peak {} procs {:.1} MiB",
+                "round {r}{}: single {:.2} s; fan-out: {} fast done {:.2} s, all {:.2} s, slow {:.2} s, sum {:.1} s, peak {} procs {:.1} MiB, CPU {:.0} % busy",
                 if r == 0 { " (warmup)" } else { "" },
-                a.ends.values().fold(0.0, |x: f64, y| x.max(*y)),
+                a.durations.values().sum::<f64>(),
                 n - 1,
                 fast_done,
                 b.ends.values().fold(0.0, |x: f64, y| x.max(*y)),
                 b.durations["slow"],
                 b.durations.values().sum::<f64>(),
                 b.peak_procs,
-                b.peak_rss_kib as f64 / 1024.0
+                b.peak_rss_kib as f64 / 1024.0,
+                b.cpu_busy * 100.0
             );
             eprintln!("{line}");
             if r == 0 {
                 continue;
             }
-            one.push(a.ends.values().fold(0.0, |x: f64, y| x.max(*y)));
+            one.push(a.durations.values().sum::<f64>());
+            busy.push(b.cpu_busy * 100.0);
             fast.push(fast_done);
             total.push(b.ends.values().fold(0.0, |x: f64, y| x.max(*y)));
             slow.push(b.durations["slow"]);
@@ -982,9 +1017,14 @@ e2e_test! {
         let ratio: Vec<f64> = fast.iter().zip(&one).map(|(f, o)| f / o).collect();
         let over: Vec<f64> = total.iter().zip(&slow).map(|(t, s)| t / s).collect();
         let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
-        println!("\n| fan-out to {n} downstreams ({} fast, 1 at bwlimit {slow_bwlimit} KiB/s), max_parallel {max_parallel}, {runs} rounds | median (min–max) | target | |", n - 1);
+        println!(
+            "\n| fan-out to {n} {} downstreams ({} fast, 1 {}), max_parallel {max_parallel}, {runs} rounds | median (min–max) | target | |",
+            if null { "null (`command=\"true\"`)" } else { "syncgate" },
+            n - 1,
+            if null { "sleeping 4 s".to_string() } else { format!("at bwlimit {slow_bwlimit} KiB/s") }
+        );
         println!("|---|---|---|---|");
-        println!("| single push (1 downstream configured), push-start → push-end | {} | | |", spread(&one, "s"));
+        println!("| single push (1 downstream configured): its audit duration | {} | | |", spread(&one, "s"));
         println!("| fan-out: all {} fast ones done (from the first push-start) | {} | | |", n - 1, spread(&fast, "s"));
         println!("| ratio fast-done / single | {} | ≤ 1.5× | {} |", spread(&ratio, "×"), verdict(median(&ratio) <= 1.5));
         println!("| fan-out: last push done | {} | | |", spread(&total, "s"));
@@ -993,5 +1033,6 @@ e2e_test! {
         println!("| sum of all push durations (what a serial hub would take) | {} | | |", spread(&sum, "s"));
         println!("| hub peak processes (login account: gate, ssh) | {} | info | |", spread(&procs_peak, ""));
         println!("| hub peak RSS sum | {} | info | |", spread(&rss_peak, "MiB"));
+        println!("| machine CPU busy during the fan-out (2 cores, downstreams included) | {} | info | |", spread(&busy, "%"));
     }
 }
