@@ -987,7 +987,13 @@ e2e_test! {
                 .filter(|(k, _)| k.as_str() != "slow")
                 .map(|(_, v)| *v)
                 .fold(0.0, f64::max);
-            assert_eq!(b.ends.len(), n, "{:?}", b.ends);
+            assert_eq!(
+                b.ends.len(),
+                n,
+                "round {r}: not every downstream was pushed: {:?}\n--- hub audit trail ---\n{}",
+                b.ends,
+                hub.mh.log.lines().join("\n")
+            );
             let line = format!(
                 "round {r}{}: single {:.2} s; fan-out: {} fast done {:.2} s, all {:.2} s, slow {:.2} s, sum {:.1} s, peak {} procs {:.1} MiB, CPU {:.0} % busy",
                 if r == 0 { " (warmup)" } else { "" },
