@@ -41,6 +41,9 @@ pub struct MirrorStatus {
     /// A hub's downstream mirrors and how their last push went.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub downstreams: Vec<DownstreamStatus>,
+    /// A hub: a push of this mirror is under way (its push lock is held).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pushing: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +122,7 @@ fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
             running: st.running,
             warning: loaded.warning,
             downstreams: downstreams(cfg, sd, name, t),
+            pushing: crate::sys::proc_locks::usage(&crate::hub::push_lock_path(sd, name)).held,
         });
     }
     Ok(StatusDoc {
@@ -204,6 +208,9 @@ fn render(doc: &StatusDoc) -> String {
                 human_secs(t.saturating_sub(s))
             )),
             None => out.push_str("  last success: never\n"),
+        }
+        if m.pushing {
+            out.push_str("  pushing downstreams now\n");
         }
         for d in &m.downstreams {
             let how = match &d.last_push {

@@ -362,7 +362,10 @@ pub struct PushEnd<'a> {
     pub downstream: &'a crate::config::Downstream,
     pub stage: &'a str,
     pub run: u64,
-    pub result: crate::hub::state::PushResult,
+    /// `success`, `triggered`, `failed`, `timeout`, `aborted`.
+    pub result: &'a str,
+    /// Whether the downstream has (or is getting) the release.
+    pub ok: bool,
     /// ssh's exit status (`-` when it was killed).
     pub exit: Option<i32>,
     pub took: std::time::Duration,
@@ -371,7 +374,7 @@ pub struct PushEnd<'a> {
 
 impl Event for PushEnd<'_> {
     fn level(&self) -> Level {
-        if self.result.ok() {
+        if self.ok {
             Level::Notice
         } else {
             Level::Warning
@@ -387,7 +390,7 @@ impl Event for PushEnd<'_> {
             .kv("port", d.port)
             .kv("stage", self.stage)
             .kv("run", self.run)
-            .kv("result", self.result.as_str())
+            .kv("result", self.result)
             .kv(
                 "exit",
                 self.exit

@@ -4,8 +4,8 @@
 //!
 //! - [`after_sync`]: what the gate does once a request was served: nothing
 //!   (no downstreams, the run failed), the pushes now (`cascade = "wait"`,
-//!   and always for a mid-tier's `sync:mhop sync:stage1`), or a detached
-//!   `syncgate push --detached` (`cascade = "detach"`).
+//!   the systemd timer's runs, and a mid-tier's `sync:mhop sync:stage1`),
+//!   or a detached `syncgate push --detached` (`cascade = "detach"`).
 //! - [`push`]: the fan-out under the mirror's push lock
 //!   (`STATE_DIR/MIRROR.push.lock`), so pushes of one mirror never overlap;
 //!   each downstream is pushed until it has the newest release.
@@ -32,12 +32,12 @@ use crate::queue::lock::LockFile;
 use crate::queue::state::MirrorState;
 use crate::queue::statedir::StateDir;
 use crate::queue::Served;
-use crate::run::{Requester, RunResult, Stage};
+use crate::run::{Requester, RunResult, Stage, Trigger};
 use crate::sys::progress::say;
 use fanout::Kind;
 use state::PushState;
 
-fn push_lock_path(sd: &StateDir, mirror: &str) -> PathBuf {
+pub fn push_lock_path(sd: &StateDir, mirror: &str) -> PathBuf {
     sd.path().join(format!("{mirror}.push.lock"))
 }
 
@@ -89,7 +89,9 @@ pub fn after_sync(
         (Stage::Stage2, _) => Kind::Stage2,
         (Stage::All, _) => Kind::Full,
     };
-    let inline = fo.cascade == Cascade::Wait || kind != Kind::Full;
+    // The timer's run pushes itself: nobody waits for it, and systemd
+    // ends a oneshot unit's leftover processes when its main one exits.
+    let inline = fo.cascade == Cascade::Wait || kind != Kind::Full || req.trigger == Trigger::Timer;
     if !inline {
         return match detach(cfg, mirror) {
             Ok(()) => None,
@@ -195,9 +197,15 @@ fn push_locked(
     let all = &mirror.fanout.downstreams;
     let mut pushed: Option<u64> = None;
     loop {
-        let Some(release) = MirrorState::load(sd, name)?.state.release() else {
-            say(&format!("{name}: nothing published yet; no pushes"));
-            return Ok(0);
+        // A multi-hop stage 1 carries what the subtree prepares, which
+        // may be this host's first release: nothing is published yet.
+        let release = match (MirrorState::load(sd, name)?.state.release(), kind) {
+            (Some(r), _) => r,
+            (None, Kind::Stage1) => 0,
+            (None, _) => {
+                say(&format!("{name}: nothing published yet; no pushes"));
+                return Ok(0);
+            }
         };
         if pushed.is_some_and(|p| p >= release) {
             break;

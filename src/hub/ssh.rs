@@ -151,7 +151,7 @@ pub fn push(hub: &Hub, ds: &Downstream, step: Step) -> Pushed {
     };
     let deadline = start + Duration::from_secs(ds.timeout);
     let finished = sup.wait(Some(deadline), Duration::from_secs(5), &mut tail);
-    let said = tail.lines.into_iter().collect::<Vec<_>>().join(" / ");
+    let lines: Vec<String> = tail.lines.into();
     let took = start.elapsed();
     let f = match finished {
         Ok(f) => f,
@@ -183,6 +183,13 @@ pub fn push(hub: &Hub, ds: &Downstream, step: Step) -> Pushed {
         // ftpsync answers at once and syncs in the background: runmirrors
         // counts everything but ssh's 255 as a trigger that went through.
         (_, DownstreamKind::Ftpsync, _) => (PushResult::Triggered, "triggered".to_string()),
+    };
+    // What the downstream said last: its summary line when it went
+    // through; a few lines (the error) when not.
+    let said = if result.ok() {
+        lines.last().cloned().unwrap_or_default()
+    } else {
+        lines.join(" / ")
     };
     Pushed {
         result,

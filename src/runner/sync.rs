@@ -152,7 +152,15 @@ pub fn rollback(
     let sd = StateDir::open(&cfg.state_dir)?;
     let run = |id| crate::runner::execute_rollback(cfg, mirror, id, to);
     let served = queue::serve_alone(cfg, &sd, mirror, req, audit, run);
-    match report(name, req, None, served, audit) {
+    let pushed = served.as_ref().ok().cloned();
+    let mut worst = report(name, req, None, served, audit);
+    // The release readers see changed: downstreams follow it.
+    if let Some(s) = pushed {
+        if let Some(e) = crate::hub::after_sync(cfg, mirror, req, &s, audit) {
+            worst = worst.worst(e);
+        }
+    }
+    match worst {
         Exit::Ok => Ok(()),
         worst => Err(Error::SyncFailed(worst)),
     }

@@ -55,6 +55,24 @@ pub(super) fn check_hub(cfg: &Config, r: &mut Report) {
         } else {
             format!("[{}]:{}", d.host, d.port)
         };
+        let login = crate::config::lookup_uid(&cfg.login_user);
+        match std::fs::symlink_metadata(&d.key) {
+            Ok(md) if login.is_some() && Some(md.uid()) != login => r.fail(
+                format!(
+                    "{label}: push key {} belongs to uid {}, so {} cannot read it: every push after an SSH request or a timer run would fail, and {} could not even load the config",
+                    d.key.display(),
+                    md.uid(),
+                    cfg.login_user,
+                    cfg.login_user
+                ),
+                format!("chown {}: {} && chmod 0600 {}", cfg.login_user, d.key.display(), d.key.display()),
+            ),
+            Ok(_) => r.ok(format!("{label}: push key {} is {}'s alone", d.key.display(), cfg.login_user)),
+            Err(e) => r.fail(
+                format!("{label}: push key {}: {e}", d.key.display()),
+                format!("ssh-keygen -t ed25519 -N '' -f {}", d.key.display()),
+            ),
+        }
         if has_host_key(kh, &entry) {
             r.ok(format!("{label}: its host key is in {}", kh.display()));
         } else {
