@@ -512,7 +512,7 @@ impl Site {
                 mirrors: vec![ISO],
                 from: vec!["127.0.0.0/8"],
                 max_waiting: None,
-                runmirrors: false,
+                runmirrors: true,
             }],
             hub: None,
         };
