@@ -4,9 +4,10 @@
 //! * The hub is a [`MirrorHost`] laid out for snapshots (login `syncgate`,
 //!   owner `mirror`, sudoers, sshd, the `jenkins` builder key). Its
 //!   published tree is served by a real `rsync --daemon` whose module path
-//!   is the hub's dest symlink: the daemon `chdir`s into the module when a
-//!   client connects, so a pull resolves the symlink once and sees one whole
-//!   snapshot (a switch during the pull does not mix releases). An rsync
+//!   is the hub's dest symlink, chrooted: the daemon `chroot`s into the
+//!   module when a client connects, so a pull resolves the symlink once and
+//!   sees one whole snapshot (a switch during the pull does not mix
+//!   releases; see [`serve`]). An rsync
 //!   daemon rather than rsync over ssh: that is how public mirrors pull
 //!   (Debian's ftpsync speaks `HOST::MODULE`), and it needs no account or
 //!   key on the hub for the downstreams.
@@ -78,7 +79,7 @@ impl Hub {
     /// yet) and the builder key `jenkins`.
     pub fn new(opts: Opts) -> Hub {
         let mh = MirrorHost::with_snapshots(&[(ISO, opts)], &[Key::jenkins()]);
-        let rsyncd = serve(&mh.srv(), &mh.reader.name);
+        let rsyncd = serve(&mh.dest(ISO), &mh.reader.name);
         let pusher = Pusher::new(&mh.path("hub-push"), &mh.login);
         // ftpsync mails its admin on errors: record, never hand to an MTA.
         let fake = mh.path("sendmail");
@@ -217,28 +218,30 @@ impl Hub {
     }
 }
 
-/// The rsync daemon module that serves a host's mirrors.
-pub const MODULE: &str = "mirrors";
-
-/// A read-only rsync daemon with module [`MODULE`] whose path is `srv`,
-/// dest's parent, running as `user` in the reader group; downstreams pull
-/// `rsync://HOST:PORT/mirrors/iso/`. Not the dest symlink as the module
-/// path: since rsync 3.5 the daemon refuses to `chdir` through a module
-/// path symlink that root does not own ("refusing to follow a symlink owned
-/// by an untrusted user"), and dest is the image owner's. As the first
-/// path component of a transfer it is resolved once, when the sender
-/// enters it, so a pull still sees one whole snapshot. `/.*` is excluded:
-/// the snapshot store and its build directory are nobody's business.
-pub fn serve(srv: &Path, user: &str) -> RsyncDaemon {
+/// A read-only rsync daemon serving module `iso` whose path is `dest`
+/// (the dest symlink of a snapshot mirror) with `use chroot = yes`, as
+/// `user` in the reader group; downstreams pull `rsync://HOST:PORT/iso/`.
+///
+/// The chroot is what pins a pull to one snapshot: the daemon `chroot`s
+/// into the module path when a client connects, which resolves the symlink
+/// once, and every file of that pull is read inside the snapshot it pointed
+/// to then. Two set-ups that do not work with rsync 3.5: `path = dest`
+/// without chroot (the daemon refuses to follow a module-path symlink root
+/// does not own: "refusing to follow a symlink owned by an untrusted
+/// user"), and `path = dest's parent` pulling `MODULE/iso/` (3.5 resolves
+/// every file open from the module root again, through the symlink, so a
+/// switch during the pull mixes two releases: seen as `verify-failed` on
+/// the downstream).
+pub fn serve(dest: &Path, user: &str) -> RsyncDaemon {
     RsyncDaemon::start_with(
-        &[(MODULE, srv)],
-        &format!("uid = {user}\ngid = {READER_GROUP}\nexclude = /.*"),
+        &[(ISO, dest)],
+        &format!("use chroot = yes\nuid = {user}\ngid = {READER_GROUP}"),
     )
 }
 
-/// `rsync://127.0.0.1:PORT/mirrors/iso/` of `daemon`.
+/// `rsync://127.0.0.1:PORT/iso/` of `daemon`.
 pub fn url(daemon: &RsyncDaemon) -> String {
-    format!("{}{ISO}/", daemon.url(MODULE))
+    daemon.url(ISO)
 }
 
 /// The push audit lines of `log`, oldest first.
@@ -566,7 +569,7 @@ impl Site {
     /// Makes this site a mid-tier hub: an rsync daemon serving its dest and
     /// a pusher of its own (its login account's keys and known_hosts).
     pub fn serve(&mut self) {
-        self.rsyncd = Some(serve(&self.dir.join("srv"), &self.owner.name));
+        self.rsyncd = Some(serve(&self.dest(ISO), &self.owner.name));
         self.pusher = Some(Pusher::new(&self.dir.join("push"), &self.login));
     }
 
