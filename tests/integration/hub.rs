@@ -652,7 +652,13 @@ e2e_test! {
     /// run succeeds, none fails verification), and every downstream ends
     /// with the last publish.
     fn burst_during_fanout_pushes_never_overlap_and_the_last_publish_wins() {
-        let mut hub = Hub::new(opts().cascade("detach"));
+        // keep = 10: a pull holds on to the snapshot it started in (the
+        // daemon chroots into it), and the hub prunes all but `keep`; with
+        // the default 2, five publishes during the slow site's pull delete
+        // its snapshot under it (rsync exit 24, verify-failed downstream,
+        // caught up by the next push). A hub's `keep` must cover the
+        // publishes that can happen during its slowest downstream's pull.
+        let mut hub = Hub::new(opts().cascade("detach").keep(10));
         hub.add_site("a", "all", 60, opts());
         hub.add_site("b", "all", 60, opts());
         // Slow enough that later publishes arrive during its push.
