@@ -782,12 +782,8 @@ e2e_test! {
     /// The downstream side of a push that timed out: the site's own run
     /// hits its wall clock (`timeout`) while pulling slowly from the hub's
     /// rsync daemon, and nothing of it (gate, owner side, rsync) may be left.
-    ///
-    /// Ignored: a core (owner-side) bug, not the hub's. In about 2 of 5
-    /// runs the outcome says "timed out after 22s (timeout = 15s)" instead
-    /// of 15 s, and rsync's forked receiver (uid of the owner, ppid 1,
-    /// process group of the killed rsync) survives for minutes.
-    #[ignore = "known bug: a timed-out snapshot build sometimes leaves rsync's forked child behind"]
+    /// rsync's forked receiver used to survive the main rsync (it got only
+    /// the SIGTERM); the owner side now kills the group when it lingers.
     fn a_timed_out_slow_pull_leaves_no_rsync_on_the_downstream() {
         let mut hub = Hub::new(opts().cascade("wait"));
         hub.add_site("slow", "all", 5, opts().bwlimit(4).timeout(10));

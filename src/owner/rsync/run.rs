@@ -116,7 +116,13 @@ pub fn run_rsync(
     let fin = child
         .wait(None, RSYNC_GRACE, &mut w)
         .context(|| "waiting for rsync".into())?;
-    if !fin.status.success() {
+    if !fin.status.success() && !wait_group_empty(child.pid(), RSYNC_GRACE) {
+        // rsync's own children outlived it (its receiver, stuck on a slow
+        // network or disk): a run never leaves a process behind.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(child.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         wait_group_empty(child.pid(), RSYNC_GRACE);
     }
     lock.pass_on(false)?;
@@ -132,7 +138,8 @@ pub fn run_rsync(
 /// Waits up to `limit` until process group `pgid` is empty: when the main
 /// rsync has exited, its own children may still be finishing (moving an
 /// interrupted file into `.~tmp~`, say). Reads /proc only; signals nothing.
-fn wait_group_empty(pgid: u32, limit: Duration) {
+/// Whether the group emptied in time.
+fn wait_group_empty(pgid: u32, limit: Duration) -> bool {
     let member = |stat: &str| -> bool {
         let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
             return false;
@@ -152,10 +159,11 @@ fn wait_group_empty(pgid: u32, limit: Duration) {
             })
             .unwrap_or(false);
         if !busy {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    false
 }
 
 #[cfg(test)]
