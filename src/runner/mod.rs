@@ -206,6 +206,12 @@ pub fn execute(cfg: &Config, m: &Mirror, run: u64, stage: Stage) -> Outcome {
     };
     let mut o = Outcome::success(message, t.rsync_exit, bytes, files, deleted);
     o.snapshot = t.snapshot;
+    // The plan listed the whole tree; without one (a first sync), the one
+    // pass did.
+    o.size = [t.plan.as_ref(), t.stage2.as_ref(), Some(&t.stage1)]
+        .into_iter()
+        .flatten()
+        .find_map(|s| s.total_size);
     o
 }
 
