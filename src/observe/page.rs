@@ -248,7 +248,11 @@ fn mirror(h: &mut String, i: usize, m: &MirrorStatus, runs: &[RunRecord], t: u64
                 s.push_str(": ");
                 s.push_str(&r.message);
             }
-            if let Some(c) = r.rsync_exit.filter(|c| *c != 0) {
+            // rsync's code, unless the message already says it.
+            if let Some(c) = r
+                .rsync_exit
+                .filter(|c| *c != 0 && !r.message.contains(&format!("rsync exited {c}")))
+            {
                 s.push_str(&format!(
                     " [rsync exit {c}: {}]",
                     crate::owner::rsync::describe(c)
