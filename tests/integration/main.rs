@@ -21,6 +21,7 @@ mod hostile;
 mod load;
 mod page;
 mod privilege;
+mod progress;
 mod push;
 mod ship;
 mod snapshot;
