@@ -44,6 +44,10 @@ pub struct MirrorStatus {
     /// A hub: a push of this mirror is under way (its push lock is held).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub pushing: bool,
+    /// Every finished run kept in the state, oldest first (the status
+    /// page's chart; not part of the JSON).
+    #[serde(skip)]
+    pub(crate) runs: Vec<RunRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +127,7 @@ pub(crate) fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<S
             warning: loaded.warning,
             downstreams: downstreams(cfg, sd, name, t),
             pushing: crate::sys::proc_locks::usage(&crate::hub::push_lock_path(sd, name)).held,
+            runs: st.runs,
         });
     }
     Ok(StatusDoc {

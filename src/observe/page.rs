@@ -27,7 +27,6 @@ use nix::libc;
 use crate::admin::status::{self, MirrorStatus, StatusDoc};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
-use crate::queue::state::MirrorState;
 use crate::queue::statedir::StateDir;
 use crate::run::{RunRecord, RunResult};
 use crate::sys::progress::{human_bytes, human_secs};
@@ -46,16 +45,11 @@ pub fn write(cfg: &Config) -> Result<()> {
     let Some(dir) = &cfg.status_page else {
         return Ok(());
     };
-    let sd = StateDir::open(&cfg.state_dir)?;
-    let names = cfg.mirror_names();
-    let doc = status::collect(cfg, &sd, &names)?;
-    let mut runs = Vec::with_capacity(names.len());
-    for name in &names {
-        runs.push(MirrorState::load(&sd, name)?.state.runs);
-    }
     check_dir(dir)?;
+    let sd = StateDir::open(&cfg.state_dir)?;
+    let doc = status::collect(cfg, &sd, &cfg.mirror_names())?;
     replace(dir, JSON, status::to_json(&doc).as_bytes())?;
-    replace(dir, HTML, render(&doc, &runs).as_bytes())
+    replace(dir, HTML, render(&doc).as_bytes())
 }
 
 fn check_dir(dir: &Path) -> Result<()> {
@@ -152,9 +146,8 @@ footer{margin-top:1rem;font-size:.85rem;color:var(--mut);overflow-wrap:anywhere}
 a{color:inherit}
 ";
 
-/// The whole page. `runs[i]`: the finished runs of `doc.mirrors[i]`,
-/// oldest first.
-pub fn render(doc: &StatusDoc, runs: &[Vec<RunRecord>]) -> String {
+/// The whole page.
+pub fn render(doc: &StatusDoc) -> String {
     let mut h = String::with_capacity(4096 + 2048 * doc.mirrors.len());
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
@@ -180,8 +173,7 @@ pub fn render(doc: &StatusDoc, runs: &[Vec<RunRecord>]) -> String {
     );
     h.push_str("<div class=\"grid\">\n");
     for (i, m) in doc.mirrors.iter().enumerate() {
-        let empty = Vec::new();
-        mirror(&mut h, i, m, runs.get(i).unwrap_or(&empty), doc.generated);
+        mirror(&mut h, i, m, doc.generated);
     }
     h.push_str("</div>\n");
     let _ = writeln!(
@@ -201,7 +193,8 @@ fn row(h: &mut String, term: &str, def: &str) {
     let _ = writeln!(h, "<dt>{term}</dt><dd>{def}</dd>");
 }
 
-fn mirror(h: &mut String, i: usize, m: &MirrorStatus, runs: &[RunRecord], t: u64) {
+fn mirror(h: &mut String, i: usize, m: &MirrorStatus, t: u64) {
+    let runs = &m.runs;
     let name = esc(&m.name);
     let _ = writeln!(h, "<section id=\"m-{name}\">");
     let (class, state) = match (&m.running, m.state) {
@@ -432,19 +425,16 @@ mod tests {
             warning: None,
             downstreams: Vec::new(),
             pushing: false,
+            runs: runs.to_vec(),
         }
     }
 
-    fn page(mirrors: Vec<(MirrorStatus, Vec<RunRecord>)>) -> String {
-        let (ms, runs): (Vec<_>, Vec<_>) = mirrors.into_iter().unzip();
-        render(
-            &StatusDoc {
-                version: 1,
-                generated: 1_795_300_100,
-                mirrors: ms,
-            },
-            &runs,
-        )
+    fn page(mirrors: Vec<MirrorStatus>) -> String {
+        render(&StatusDoc {
+            version: 1,
+            generated: 1_795_300_100,
+            mirrors,
+        })
     }
 
     #[test]
@@ -457,7 +447,7 @@ mod tests {
         let runs = vec![rec(1, RunResult::Failed, 5, hostile)];
         let mut m = status("iso", &runs, None);
         m.warning = Some("<img src=x onerror=alert(2)>".into());
-        let html = page(vec![(m, runs)]);
+        let html = page(vec![m]);
         assert!(!html.contains("<script"), "{html}");
         assert!(!html.contains("<img"), "{html}");
         assert!(
@@ -473,7 +463,7 @@ mod tests {
     #[test]
     fn the_page_is_self_contained_and_made_for_phones() {
         let runs = vec![rec(1, RunResult::Success, 60, "transferred")];
-        let html = page(vec![(status("iso", &runs, None), runs)]);
+        let html = page(vec![status("iso", &runs, None)]);
         assert!(html.starts_with("<!DOCTYPE html>"));
         assert!(html
             .contains("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"));
@@ -493,9 +483,9 @@ mod tests {
         ];
         let bad = vec![rec(1, RunResult::Timeout, 7200, "timed out after 2h00m")];
         let html = page(vec![
-            (status("debian", &ok, Some(("running", 3))), ok),
-            (status("iso", &bad, Some(("stale", 2))), bad),
-            (status("new", &[], None), vec![]),
+            status("debian", &ok, Some(("running", 3))),
+            status("iso", &bad, Some(("stale", 2))),
+            status("new", &[], None),
         ]);
         assert!(html.contains("3 mirrors: 1 last synced successfully, 1 failing, 1 never synced."));
         assert!(html.contains("running run #3"));
