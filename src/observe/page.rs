@@ -139,7 +139,7 @@ h2{font-size:1.15rem;margin:0 0 .5rem;display:flex;flex-wrap:wrap;gap:.25rem .5r
 dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.15rem .75rem;margin:0}
 dt{color:var(--mut)}dd{margin:0;min-width:0;overflow-wrap:anywhere}
 figure{margin:.75rem 0 0}
-svg{display:block;width:100%;height:4rem}
+svg{display:block;width:100%;height:auto}
 .sb{fill:var(--ok)}.fb{fill:none;stroke:var(--bad);stroke-width:1.5;stroke-dasharray:2 1.5}.fx{stroke:var(--bad);stroke-width:1.5}.base{stroke:var(--line)}
 figcaption{font-size:.8rem;color:var(--mut)}
 footer{margin-top:1rem;font-size:.85rem;color:var(--mut);overflow-wrap:anywhere}
@@ -330,7 +330,7 @@ pub fn chart(h: &mut String, i: usize, runs: &[RunRecord]) {
     );
     let _ = writeln!(
         h,
-        "<figure><svg viewBox=\"0 0 300 60\" preserveAspectRatio=\"none\" role=\"img\" aria-labelledby=\"c{i}\">"
+        "<figure><svg viewBox=\"0 0 300 60\" role=\"img\" aria-labelledby=\"c{i}\">"
     );
     h.push_str("<line class=\"base\" x1=\"0\" y1=\"59.5\" x2=\"300\" y2=\"59.5\"/>\n");
     let first_slot = CHART_RUNS - shown.len();

@@ -1,5 +1,5 @@
 //! The status page, opened in a real browser: after real syncs through
-//! ssh and sudo (one success, one failure whose rsync message carries a
+//! ssh and sudo (a mirror synced twice, one failure whose rsync message carries a
 //! hostile file name, one mirror never synced), headless Chromium renders
 //! `index.html` at desktop and phone widths (the screenshots are kept under
 //! `target/test-artifacts/page/`), its DOM names every mirror and its
@@ -163,6 +163,8 @@ e2e_test! {
         mh.put("broken", "ok.txt", b"fine");
 
         mh.ssh(Some("sync iso")).status(0).run();
+        mh.put("iso", "images/debian-13.1.iso", &bytes(200_000, 2));
+        mh.ssh(Some("sync iso")).status(0).run();
         mh.ssh(Some("sync broken"))
             .failure()
             .stderr_contains("alert(1)")
@@ -196,7 +198,7 @@ e2e_test! {
             .find(|m| m["name"] == "iso")
             .unwrap();
         // rsync's "Total file size": the tree's, not what was sent.
-        assert_eq!(iso["last_run"]["size"], 300_000 + 24);
+        assert_eq!(iso["last_run"]["size"], 300_000 + 200_000 + 24);
 
         let profile = mh.path("chromium");
         fs::create_dir_all(&profile).unwrap();
@@ -230,7 +232,7 @@ e2e_test! {
             "3 mirrors: 1 last synced successfully, 1 failing, 1 never synced.",
             " iso ",
             "✓ last run succeeded",
-            "run #1 success: first sync transferred",
+            "run #2 success: ",
             " broken ",
             "✗ last run failed",
             "run #1 failed: first sync failed: rsync exited 23 (partial transfer due to error)",
@@ -238,7 +240,7 @@ e2e_test! {
             " fresh ",
             "never synced",
             "No runs yet.",
-            "Duration of the last 1 run, oldest first: 1 succeeded",
+            "Duration of the last 2 runs, oldest first: 2 succeeded (solid bars), 0 did not",
             "Duration of the last 1 run, oldest first: 0 succeeded (solid bars), 1 did not",
             "Generated ",
         ] {

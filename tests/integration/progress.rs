@@ -34,9 +34,9 @@ e2e_test! {
         let err = stderr(&out);
         let lines = progress_lines(&err, "iso", 1);
         assert!(!lines.is_empty(), "no progress line at any heartbeat:\n{err}");
-        let rated = lines.iter().find(|l| {
-            l.contains("MiB transferred, ") && l.contains("KiB/s") && l.contains(", ETA ")
-        });
+        let rated = lines
+            .iter()
+            .find(|l| l.contains("iB transferred, ") && l.contains("iB/s, ETA "));
         assert!(rated.is_some(), "no line with bytes, a rate and an ETA:\n{err}");
         assert_no_raw_progress(&err);
         eprintln!("{}", lines.join("\n"));
