@@ -293,6 +293,22 @@ fn mirror(h: &mut String, i: usize, m: &MirrorStatus, t: u64) {
     if let Some(s) = &m.snapshot {
         row(h, "Live snapshot", &esc(&s.live));
     }
+    // A hub: how each downstream's last push went (not its address).
+    if m.pushing {
+        row(h, "Pushing", "a push downstream is under way");
+    }
+    for d in &m.downstreams {
+        let last = match &d.last_push {
+            Some(p) => format!(
+                "{} for release #{}, {}",
+                p.result.as_str(),
+                p.run,
+                ago(t, p.ended)
+            ),
+            None => "never pushed".into(),
+        };
+        row(h, &format!("Push to {}", esc(&d.name)), &esc(&last));
+    }
     if let Some(w) = &m.warning {
         row(
             h,
@@ -499,6 +515,55 @@ mod tests {
         assert!(html.contains("run #1 timeout: timed out after 2h00m [rsync exit 23"));
         assert!(html.contains("<dt>Last success</dt><dd>never</dd>"));
         assert!(html.contains("No runs yet."));
+        assert!(!html.contains("Push to"), "no downstreams, no push rows");
+    }
+
+    #[test]
+    fn a_hubs_downstream_pushes_are_listed_without_their_address() {
+        use crate::admin::status::DownstreamStatus;
+        use crate::hub::state::{PushRecord, PushResult};
+        let runs = vec![rec(1, RunResult::Success, 60, "transferred")];
+        let mut m = status("debian", &runs, None);
+        m.pushing = true;
+        m.downstreams = vec![
+            DownstreamStatus {
+                name: "leaf<1>".into(),
+                host: "10.1.2.3".into(),
+                port: 22,
+                mode: "wait",
+                kind: "push",
+                last_push: Some(PushRecord {
+                    run: 1,
+                    stage: "all".into(),
+                    started: 1_795_300_000,
+                    ended: 1_795_300_040,
+                    result: PushResult::Failed,
+                    exit: Some(255),
+                    message: "ssh: connect refused".into(),
+                }),
+                age: Some(60),
+                release: None,
+            },
+            DownstreamStatus {
+                name: "leaf2".into(),
+                host: "10.1.2.4".into(),
+                port: 22,
+                mode: "wait",
+                kind: "push",
+                last_push: None,
+                age: None,
+                release: None,
+            },
+        ];
+        let html = page(vec![m]);
+        assert!(html.contains("<dt>Pushing</dt><dd>a push downstream is under way</dd>"));
+        assert!(html
+            .contains("<dt>Push to leaf&lt;1&gt;</dt><dd>failed for release #1, 2026-11-21T22:"));
+        assert!(html.contains("<dt>Push to leaf2</dt><dd>never pushed</dd>"));
+        assert!(
+            !html.contains("10.1.2."),
+            "no downstream address on the page"
+        );
     }
 
     fn bars(runs: &[RunRecord]) -> String {
