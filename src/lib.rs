@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod gate;
 pub mod hub;
+pub mod observe;
 pub mod owner;
 pub mod queue;
 pub mod run;

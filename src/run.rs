@@ -174,6 +174,10 @@ pub struct Outcome {
     pub bytes: u64,
     pub files: u64,
     pub deleted: u64,
+    /// The size in bytes of the tree the run listed upstream (rsync's
+    /// "Total file size"), when it listed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// With snapshot publishing: which snapshot is live and which are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshots>,
@@ -208,6 +212,7 @@ impl Outcome {
             bytes,
             files,
             deleted,
+            size: None,
             snapshot: None,
         }
     }
@@ -222,6 +227,7 @@ impl Outcome {
             bytes: 0,
             files: 0,
             deleted: 0,
+            size: None,
             snapshot: None,
         }
     }

@@ -44,6 +44,10 @@ pub struct MirrorStatus {
     /// A hub: a push of this mirror is under way (its push lock is held).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub pushing: bool,
+    /// Every finished run kept in the state, oldest first (the status
+    /// page's chart; not part of the JSON).
+    #[serde(skip)]
+    pub(crate) runs: Vec<RunRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,7 +93,7 @@ fn downstreams(cfg: &Config, sd: &StateDir, name: &str, t: u64) -> Vec<Downstrea
         .collect()
 }
 
-fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
+pub(crate) fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
     let t = now();
     let mut mirrors = Vec::new();
     for name in names {
@@ -123,6 +127,7 @@ fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
             warning: loaded.warning,
             downstreams: downstreams(cfg, sd, name, t),
             pushing: crate::sys::proc_locks::usage(&crate::hub::push_lock_path(sd, name)).held,
+            runs: st.runs,
         });
     }
     Ok(StatusDoc {
@@ -147,15 +152,20 @@ pub fn show(cfg: &Config, names: &[String], json: bool, text_to: TextTo) -> Resu
     let doc = collect(cfg, &sd, names)?;
     // A reader that went away (`| head`, a client that left) is not an error.
     if json {
-        let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
-        s.push('\n');
-        let _ = std::io::stdout().write_all(s.as_bytes());
+        let _ = std::io::stdout().write_all(to_json(&doc).as_bytes());
     } else if text_to == TextTo::Stdout {
         let _ = std::io::stdout().write_all(render(&doc).as_bytes());
     } else {
         let _ = std::io::stderr().write_all(render(&doc).as_bytes());
     }
     Ok(())
+}
+
+/// The `status --json` text (also the status page's `status.json`).
+pub(crate) fn to_json(doc: &StatusDoc) -> String {
+    let mut s = serde_json::to_string_pretty(doc).expect("status serializes");
+    s.push('\n');
+    s
 }
 
 fn render(doc: &StatusDoc) -> String {

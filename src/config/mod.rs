@@ -115,6 +115,9 @@ pub struct Config {
     /// Refuse an SSH sync when its decision line could be recorded neither
     /// in syslog nor in the fallback file (default true).
     pub audit_required: bool,
+    /// `status_page`: the directory each served request writes
+    /// `index.html` and `status.json` into ([`crate::observe::page`]).
+    pub status_page: Option<PathBuf>,
     pub syslog: SyslogConfig,
     pub mirrors: BTreeMap<String, Mirror>,
     pub keys: BTreeMap<String, KeyConfig>,
@@ -307,6 +310,7 @@ impl Config {
             None => 30,
         };
         let audit_required = raw.audit_required.unwrap_or(true);
+        let status_page = status_page(&src, raw.status_page)?;
         let syslog = syslog(&src, raw.syslog, &state_dir)?;
 
         let hub = raw.hub.map(|h| hub::hub(&src, h)).transpose()?;
@@ -339,6 +343,7 @@ impl Config {
             binary,
             heartbeat,
             audit_required,
+            status_page,
             syslog,
             mirrors,
             keys,
@@ -396,6 +401,24 @@ fn binary(src: &Source, raw: Option<Spanned<String>>, privilege: Privilege) -> R
         None if privilege == Privilege::Sudo => Ok(PathBuf::from("/usr/bin/syncgate")),
         None => Ok(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/syncgate"))),
     }
+}
+
+/// `status_page`: an absolute path (the directory must exist when a
+/// request writes the page; it is not created).
+fn status_page(src: &Source, raw: Option<Spanned<String>>) -> Result<Option<PathBuf>> {
+    let Some(d) = raw else { return Ok(None) };
+    let p = PathBuf::from(d.get_ref());
+    if !is_clean_absolute(&p) || !paths::no_control(d.get_ref()) || p == Path::new("/") {
+        return src.err(
+            d.span(),
+            "status_page",
+            format!(
+                "must be the absolute path of a directory, without '..': {:?}",
+                d.get_ref()
+            ),
+        );
+    }
+    Ok(Some(p))
 }
 
 /// `[syslog]`: facility (default `authpriv`) and socket (default `/dev/log`);

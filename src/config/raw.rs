@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     pub binary: Option<Spanned<String>>,
     pub heartbeat: Option<Spanned<u64>>,
     pub audit_required: Option<bool>,
+    pub status_page: Option<Spanned<String>>,
     pub syslog: Option<RawSyslog>,
     pub hub: Option<RawHub>,
     #[serde(default)]

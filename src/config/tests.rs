@@ -322,6 +322,24 @@ fn syslog_table_has_only_facility_and_socket() {
     assert_eq!(cfg.syslog.socket, Path::new("/dev/log"));
 }
 
+#[test]
+fn status_page_is_an_absolute_directory_path_and_unset_by_default() {
+    assert_eq!(ok("state_dir = \"/s\"\n").status_page, None);
+    let cfg = ok("state_dir = \"/s\"\nstatus_page = \"/var/www/html/mirror-status\"\n");
+    assert_eq!(
+        cfg.status_page.as_deref(),
+        Some(Path::new("/var/www/html/mirror-status"))
+    );
+    for bad in ["www/status", "/var/www/../etc", "/", "", "/var/www/a\\nb"] {
+        refused(
+            &format!("state_dir = \"/s\"\n\nstatus_page = \"{bad}\"\n"),
+            3,
+            "status_page: must be the absolute path of a directory",
+        );
+    }
+    refused("state_dir = \"/s\"\nstatus_page = 1\n", 2, "invalid type");
+}
+
 // ---- [mirror.NAME] --------------------------------------------------------------
 
 #[test]

@@ -97,6 +97,7 @@ pub fn sync(
             }
         }
     }
+    status_page(cfg);
     match worst {
         Exit::Ok => Ok(()),
         worst => Err(Error::SyncFailed(worst)),
@@ -139,6 +140,14 @@ fn report(
     }
 }
 
+/// Rewrites the status page, if one is configured: best effort, a failure
+/// is said and never fails the request.
+fn status_page(cfg: &Config) {
+    if let Err(e) = crate::observe::page::write(cfg) {
+        say(&format!("the status page was not updated: {e}"));
+    }
+}
+
 /// `syncgate rollback`: one run, in the mirror's queue, that makes an
 /// older snapshot live (never coalesced with a sync).
 pub fn rollback(
@@ -160,6 +169,7 @@ pub fn rollback(
             worst = worst.worst(e);
         }
     }
+    status_page(cfg);
     match worst {
         Exit::Ok => Ok(()),
         worst => Err(Error::SyncFailed(worst)),

@@ -18,6 +18,8 @@ pub struct Config {
     /// `audit_required = …` (unset: syncgate's default, true).
     pub audit_required: Option<bool>,
     pub heartbeat: u32,
+    /// `status_page = "…"`: the directory the status page is written into.
+    pub status_page: Option<PathBuf>,
     pub syslog_socket: PathBuf,
     pub syslog_facility: Option<String>,
     pub mirrors: Vec<Mirror>,
@@ -282,6 +284,9 @@ impl Config {
         }
         if let Some(a) = self.audit_required {
             writeln!(t, "audit_required = {a}").unwrap();
+        }
+        if let Some(p) = &self.status_page {
+            writeln!(t, "status_page = {}", quoted(p.display())).unwrap();
         }
         writeln!(t, "heartbeat = {}\n", self.heartbeat).unwrap();
         writeln!(

@@ -67,6 +67,7 @@ impl Fixture {
             binary: None,
             audit_required: None,
             heartbeat: 1,
+            status_page: None,
             syslog_socket: dir.path().join("no-syslog"),
             syslog_facility: None,
             mirrors: vec![Mirror {

@@ -133,6 +133,7 @@ impl MirrorHost {
             binary: Some(bin.clone()),
             audit_required: None,
             heartbeat: 1,
+            status_page: None,
             syslog_socket: log.path().to_path_buf(),
             syslog_facility: Some("authpriv".into()),
             mirrors: mirrors
