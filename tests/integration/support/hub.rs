@@ -501,6 +501,7 @@ impl Site {
             heartbeat: 1,
             syslog_socket: log.path().to_path_buf(),
             syslog_facility: Some("authpriv".into()),
+            status_page: None,
             mirrors: vec![Mirror {
                 name: ISO.into(),
                 upstream: upstream.into(),
