@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     pub heartbeat: Option<Spanned<u64>>,
     pub audit_required: Option<bool>,
     pub syslog: Option<RawSyslog>,
+    pub history_size: Option<Spanned<i64>>,
+    pub metrics_file: Option<Spanned<String>>,
     #[serde(default)]
     pub mirror: BTreeMap<Spanned<String>, RawMirror>,
     #[serde(default)]
@@ -65,6 +67,7 @@ pub(super) struct RawMirror {
     pub verify: Option<Spanned<String>>,
     pub checksum_files: Option<Vec<Spanned<String>>>,
     pub verify_signature: Option<RawSignature>,
+    pub max_age: Option<Spanned<RawDuration>>,
 }
 
 #[derive(Deserialize)]
