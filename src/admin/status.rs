@@ -1,4 +1,9 @@
-//! `syncgate status`: what each mirror is doing and how its last runs went.
+//! `syncgate status`: what each mirror is doing and how its last runs went,
+//! how fresh it is (`max_age`), and `status --check`, the same read as a
+//! Nagios/Icinga plugin.
+//!
+//! [`collect`] is the one reading of a mirror's state, lock and history:
+//! the text, `--json`, `--check` and the metrics file all render it.
 
 use std::io::Write;
 
@@ -6,11 +11,24 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::queue::state::MirrorState;
+use crate::queue::history;
+use crate::queue::state::{Counts, MirrorState};
 use crate::queue::statedir::StateDir;
-use crate::run::{now, RunRecord, Running, Snapshots};
+use crate::run::{now, RunRecord, RunResult, Running, Snapshots};
 use crate::sys::progress::human_secs;
 use crate::sys::timefmt::iso;
+
+/// How much of the end of a mirror's history `status` reads for the
+/// typical duration (some 150 runs).
+pub const RECENT_BYTES: u64 = 64 << 10;
+
+/// How many of the recent successful runs the typical duration is the
+/// median of.
+pub const TYPICAL_OF: usize = 20;
+
+/// A run still recorded as running this long after its mirror's `timeout`
+/// is stuck (the gate stops a run at `timeout`).
+pub const STUCK_GRACE: u64 = 300;
 
 /// The `status --json` document. Field names are a stable interface:
 /// fields may be added, never renamed or removed, within `version` 1.
@@ -37,9 +55,60 @@ pub struct MirrorStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshots>,
     pub warning: Option<String>,
+    /// Finished runs since the last success that did not succeed.
+    pub failures_in_row: u64,
+    /// Median duration in seconds of the last (up to 20) successful runs
+    /// in the history; `null` before the first success.
+    pub typical_duration: Option<u64>,
+    /// The mirror's `max_age` in seconds; `null` when not configured.
+    pub max_age: Option<u64>,
+    /// `fresh` (last success within `max_age`), `stale` (older), `never`
+    /// (no success yet) or `unknown` (no `max_age` configured).
+    pub freshness: &'static str,
+    /// Cumulative counts: `runs` by result, `requests` served (coalesced
+    /// included), `failures_in_row`.
+    pub counts: Counts,
+    /// Lines of the history file that were skipped (a crash mid-write).
+    pub history_warning: Option<String>,
 }
 
-fn collect(sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
+/// The median of `v` (the mean of the two middle values for an even count).
+fn median(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    let n = v.len();
+    match n {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2),
+    }
+}
+
+/// The median duration of the last [`TYPICAL_OF`] successful `runs`
+/// (oldest first).
+pub fn typical_duration(runs: &[RunRecord]) -> Option<u64> {
+    median(
+        runs.iter()
+            .rev()
+            .filter(|r| r.result == RunResult::Success)
+            .take(TYPICAL_OF)
+            .map(|r| r.ended.saturating_sub(r.started))
+            .collect(),
+    )
+}
+
+/// `fresh`, `stale`, `never` or `unknown` (no `max_age`).
+pub fn freshness(max_age: Option<u64>, last_success_age: Option<u64>) -> &'static str {
+    match (max_age, last_success_age) {
+        (None, _) => "unknown",
+        (Some(_), None) => "never",
+        (Some(max), Some(age)) if age > max => "stale",
+        (Some(_), Some(_)) => "fresh",
+    }
+}
+
+/// Reads every mirror in `names`: state file, lock usage and the end of
+/// its history.
+pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
     let t = now();
     let mut mirrors = Vec::new();
     for name in names {
@@ -52,6 +121,13 @@ fn collect(sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
             usage = crate::sys::proc_locks::usage(&sd.lock_path(name));
         }
         let st = loaded.state;
+        let (recent, history_warning) = match history::read(sd, name, RECENT_BYTES) {
+            Ok(h) if h.runs.is_empty() => (st.runs.clone(), None),
+            Ok(h) => (h.runs, (!h.warnings.is_empty()).then(|| h.warnings.join("; "))),
+            Err(e) => (st.runs.clone(), Some(e.to_string())),
+        };
+        let max_age = cfg.mirrors.get(name).and_then(|m| m.max_age);
+        let last_success_age = st.last_success.map(|s| t.saturating_sub(s));
         let state = match (&st.running, usage.held) {
             (Some(_), true) => "running",
             (Some(_), false) => "stale",
@@ -63,12 +139,18 @@ fn collect(sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
             waiting: usage.waiting,
             last_run: st.last_run().cloned(),
             last_success: st.last_success,
-            last_success_age: st.last_success.map(|s| t.saturating_sub(s)),
+            last_success_age,
             snapshot: st
                 .runs
                 .iter()
                 .rev()
                 .find_map(|r| r.outcome.snapshot.clone()),
+            failures_in_row: st.failures_in_row(),
+            typical_duration: typical_duration(&recent),
+            max_age,
+            freshness: freshness(max_age, last_success_age),
+            counts: st.counts,
+            history_warning,
             running: st.running,
             warning: loaded.warning,
         });
@@ -92,7 +174,7 @@ pub enum TextTo {
 /// `status`: collects `names` and prints them as JSON (stdout) or as text.
 pub fn show(cfg: &Config, names: &[String], json: bool, text_to: TextTo) -> Result<()> {
     let sd = StateDir::open(&cfg.state_dir)?;
-    let doc = collect(&sd, names)?;
+    let doc = collect(cfg, &sd, names)?;
     // A reader that went away (`| head`, a client that left) is not an error.
     if json {
         let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
@@ -157,9 +239,248 @@ fn render(doc: &StatusDoc) -> String {
             )),
             None => out.push_str("  last success: never\n"),
         }
+        out.push_str(&format!("  freshness: {}\n", freshness_text(m)));
+        if m.failures_in_row > 0 {
+            out.push_str(&format!(
+                "  failures in a row: {}\n",
+                m.failures_in_row
+            ));
+        }
+        if let Some(d) = m.typical_duration {
+            out.push_str(&format!(
+                "  typical duration: {} (median of the last successful runs, up to {TYPICAL_OF})\n",
+                human_secs(d)
+            ));
+        }
         if let Some(w) = &m.warning {
             out.push_str(&format!("  warning: {w}\n"));
         }
+        if let Some(w) = &m.history_warning {
+            out.push_str(&format!("  warning: history: {w}\n"));
+        }
     }
     out
+}
+
+/// The freshness line of the text form: what the word means, with numbers.
+fn freshness_text(m: &MirrorStatus) -> String {
+    let max = m.max_age.map(human_secs).unwrap_or_default();
+    match (m.freshness, m.last_success_age) {
+        ("fresh", Some(age)) => format!("fresh (last success {} ago, max_age {max})", human_secs(age)),
+        ("stale", Some(age)) => format!(
+            "OUT OF DATE: last success {} ago, more than max_age {max}",
+            human_secs(age)
+        ),
+        ("never", _) => format!("OUT OF DATE: never synced (max_age {max})"),
+        _ => "not watched (no max_age configured)".into(),
+    }
+}
+
+/// A monitoring plugin's result (Nagios/Icinga plugin API): its exit
+/// status and word. `status --check` exits with these, not with syncgate's
+/// own codes ([`crate::error::Exit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plugin {
+    Ok = 0,
+    Warning = 1,
+    Critical = 2,
+    Unknown = 3,
+}
+
+impl Plugin {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Plugin::Ok => "OK",
+            Plugin::Warning => "WARNING",
+            Plugin::Critical => "CRITICAL",
+            Plugin::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// How bad: OK < WARNING < UNKNOWN < CRITICAL (a mirror known to be
+    /// out of date is worse than one whose state cannot be read).
+    fn rank(self) -> u8 {
+        match self {
+            Plugin::Ok => 0,
+            Plugin::Warning => 1,
+            Plugin::Unknown => 2,
+            Plugin::Critical => 3,
+        }
+    }
+
+    pub fn worst(self, other: Plugin) -> Plugin {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// Plugin output text: no `|` (it starts the perfdata) and one line.
+fn plugin_text(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| match c {
+            '|' => '/',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    match s.char_indices().nth(100) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// The rules of `status --check` for one mirror, worst first:
+///
+/// * UNKNOWN: its state file is unreadable or corrupt.
+/// * CRITICAL: it never synced successfully, or its last success is older
+///   than `max_age`.
+/// * WARNING: its last finished run did not succeed (but it is still
+///   fresh); a run died without a result and nobody has noticed yet
+///   (`state` stale); or a run has been running for longer than the
+///   mirror's `timeout` plus [`STUCK_GRACE`].
+/// * OK otherwise.
+///
+/// Returns the mirror's result and what to say about it.
+pub fn check_mirror(m: &MirrorStatus, timeout: u64, now: u64) -> (Plugin, String) {
+    let mut worst = Plugin::Ok;
+    let mut said = Vec::new();
+    let mut note = |p: Plugin, text: String| {
+        worst = worst.worst(p);
+        said.push(text);
+    };
+    if let Some(w) = &m.warning {
+        note(Plugin::Unknown, format!("state unreadable: {w}"));
+    }
+    let max = m.max_age.map(human_secs);
+    match (m.last_success_age, &max) {
+        (None, Some(max)) => note(Plugin::Critical, format!("never synced (max_age {max})")),
+        (None, None) => note(Plugin::Critical, "never synced".into()),
+        (Some(age), Some(max)) if m.freshness == "stale" => note(
+            Plugin::Critical,
+            format!("last success {} ago (max_age {max})", human_secs(age)),
+        ),
+        _ => {}
+    }
+    if m.failures_in_row > 0 {
+        if let Some(r) = &m.last_run {
+            note(
+                Plugin::Warning,
+                format!(
+                    "last run #{} {} ({} in a row): {}",
+                    r.run,
+                    r.result.as_str(),
+                    m.failures_in_row,
+                    r.message
+                ),
+            );
+        }
+    }
+    match (&m.running, m.state) {
+        (Some(r), "stale") => note(
+            Plugin::Warning,
+            format!("run #{} (pid {}) died without a result", r.run, r.pid),
+        ),
+        (Some(r), "running") if now.saturating_sub(r.started) > timeout + STUCK_GRACE => note(
+            Plugin::Warning,
+            format!(
+                "run #{} stuck: running for {} (timeout {})",
+                r.run,
+                human_secs(now.saturating_sub(r.started)),
+                human_secs(timeout)
+            ),
+        ),
+        _ => {}
+    }
+    if said.is_empty() {
+        said.push(match m.last_success_age {
+            Some(age) => format!("OK, last success {} ago", human_secs(age)),
+            None => "OK".into(),
+        });
+    }
+    (worst, plugin_text(&format!("{}: {}", m.name, said.join(", "))))
+}
+
+/// The perfdata of one mirror: `NAME_age` (seconds since the last
+/// success, critical above `max_age`), `NAME_failures` (in a row, warning
+/// above 0), `NAME_duration` (the last run's seconds), `NAME_waiting`.
+fn perfdata(m: &MirrorStatus) -> String {
+    let age = m
+        .last_success_age
+        .map_or("U".to_string(), |a| format!("{a}s"));
+    let crit = m.max_age.map(|a| a.to_string()).unwrap_or_default();
+    let duration = m
+        .last_run
+        .as_ref()
+        .map_or("U".to_string(), |r| format!("{}s", r.ended.saturating_sub(r.started)));
+    format!(
+        "{n}_age={age};;{crit};0 {n}_failures={f};0;;0 {n}_duration={duration};;;0 {n}_waiting={w};;;0",
+        n = m.name,
+        f = m.failures_in_row,
+        w = m.waiting
+    )
+}
+
+/// `status --check`: one plugin line for `doc`, and its result.
+pub fn check_line(cfg: &Config, doc: &StatusDoc) -> (Plugin, String) {
+    if doc.mirrors.is_empty() {
+        return (
+            Plugin::Unknown,
+            format!(
+                "SYNCGATE UNKNOWN - no mirrors are configured in {}",
+                cfg.path.display()
+            ),
+        );
+    }
+    let mut worst = Plugin::Ok;
+    let mut texts = Vec::new();
+    let mut perf = Vec::new();
+    for m in &doc.mirrors {
+        let timeout = cfg.mirrors.get(&m.name).map_or(u64::MAX / 2, |c| c.timeout);
+        let (p, text) = check_mirror(m, timeout, doc.generated);
+        worst = worst.worst(p);
+        texts.push(text);
+        perf.push(perfdata(m));
+    }
+    (
+        worst,
+        format!(
+            "SYNCGATE {} - {} | {}",
+            worst.word(),
+            texts.join("; "),
+            perf.join(" ")
+        ),
+    )
+}
+
+/// `syncgate status --check [MIRROR]`: prints one plugin line and returns
+/// the plugin's exit status (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN). Any
+/// error (config, state dir, unknown mirror) is UNKNOWN.
+pub fn check(config: &std::path::Path, mirror: Option<&str>) -> Plugin {
+    let run = || -> Result<(Plugin, String)> {
+        let cfg = Config::load(config)?;
+        let names = match mirror {
+            Some(m) => vec![cfg.mirror(m)?.name.clone()],
+            None => cfg.mirror_names(),
+        };
+        let sd = StateDir::open(&cfg.state_dir)?;
+        let doc = collect(&cfg, &sd, &names)?;
+        Ok(check_line(&cfg, &doc))
+    };
+    let (p, line) = match run() {
+        Ok(r) => r,
+        Err(e) => (
+            Plugin::Unknown,
+            format!("SYNCGATE UNKNOWN - {}", plugin_text(&e.to_string())),
+        ),
+    };
+    let _ = std::io::stdout().write_all(format!("{line}\n").as_bytes());
+    p
 }

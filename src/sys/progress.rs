@@ -60,9 +60,33 @@ pub fn human_secs(secs: u64) -> String {
     }
 }
 
+/// "734.0 MB"-style sizes for humans (powers of 1000, like `rsync -h`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_like_rsync_h() {
+        assert_eq!(human_bytes(0), "0 bytes");
+        assert_eq!(human_bytes(999), "999 bytes");
+        assert_eq!(human_bytes(1000), "1.0 kB");
+        assert_eq!(human_bytes(734_003_200), "734.0 MB");
+        assert_eq!(human_bytes(u64::MAX), "18446.7 PB");
+    }
 
     #[test]
     fn durations_read_like_a_clock() {
