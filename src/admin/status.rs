@@ -123,7 +123,10 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDo
         let st = loaded.state;
         let (recent, history_warning) = match history::read(sd, name, RECENT_BYTES) {
             Ok(h) if h.runs.is_empty() => (st.runs.clone(), None),
-            Ok(h) => (h.runs, (!h.warnings.is_empty()).then(|| h.warnings.join("; "))),
+            Ok(h) => (
+                h.runs,
+                (!h.warnings.is_empty()).then(|| h.warnings.join("; ")),
+            ),
             Err(e) => (st.runs.clone(), Some(e.to_string())),
         };
         let max_age = cfg.mirrors.get(name).and_then(|m| m.max_age);
@@ -241,10 +244,7 @@ fn render(doc: &StatusDoc) -> String {
         }
         out.push_str(&format!("  freshness: {}\n", freshness_text(m)));
         if m.failures_in_row > 0 {
-            out.push_str(&format!(
-                "  failures in a row: {}\n",
-                m.failures_in_row
-            ));
+            out.push_str(&format!("  failures in a row: {}\n", m.failures_in_row));
         }
         if let Some(d) = m.typical_duration {
             out.push_str(&format!(
@@ -266,7 +266,10 @@ fn render(doc: &StatusDoc) -> String {
 fn freshness_text(m: &MirrorStatus) -> String {
     let max = m.max_age.map(human_secs).unwrap_or_default();
     match (m.freshness, m.last_success_age) {
-        ("fresh", Some(age)) => format!("fresh (last success {} ago, max_age {max})", human_secs(age)),
+        ("fresh", Some(age)) => format!(
+            "fresh (last success {} ago, max_age {max})",
+            human_secs(age)
+        ),
         ("stale", Some(age)) => format!(
             "OUT OF DATE: last success {} ago, more than max_age {max}",
             human_secs(age)
@@ -405,7 +408,10 @@ pub fn check_mirror(m: &MirrorStatus, timeout: u64, now: u64) -> (Plugin, String
             None => "OK".into(),
         });
     }
-    (worst, plugin_text(&format!("{}: {}", m.name, said.join(", "))))
+    (
+        worst,
+        plugin_text(&format!("{}: {}", m.name, said.join(", "))),
+    )
 }
 
 /// The perfdata of one mirror: `NAME_age` (seconds since the last
@@ -416,10 +422,9 @@ fn perfdata(m: &MirrorStatus) -> String {
         .last_success_age
         .map_or("U".to_string(), |a| format!("{a}s"));
     let crit = m.max_age.map(|a| a.to_string()).unwrap_or_default();
-    let duration = m
-        .last_run
-        .as_ref()
-        .map_or("U".to_string(), |r| format!("{}s", r.ended.saturating_sub(r.started)));
+    let duration = m.last_run.as_ref().map_or("U".to_string(), |r| {
+        format!("{}s", r.ended.saturating_sub(r.started))
+    });
     format!(
         "{n}_age={age};;{crit};0 {n}_failures={f};0;;0 {n}_duration={duration};;;0 {n}_waiting={w};;;0",
         n = m.name,

@@ -90,6 +90,7 @@ pub fn sync(
         });
         let served = queue::serve(cfg, &sd, mirror, &req, caps, audit, run);
         worst = worst.worst(report(name, &req, via, served, audit));
+        crate::observe::after_request(cfg, audit);
     }
     match worst {
         Exit::Ok => Ok(()),
@@ -146,7 +147,9 @@ pub fn rollback(
     let sd = StateDir::open(&cfg.state_dir)?;
     let run = |id| crate::runner::execute_rollback(cfg, mirror, id, to);
     let served = queue::serve_alone(cfg, &sd, mirror, req, audit, run);
-    match report(name, req, None, served, audit) {
+    let code = report(name, req, None, served, audit);
+    crate::observe::after_request(cfg, audit);
+    match code {
         Exit::Ok => Ok(()),
         worst => Err(Error::SyncFailed(worst)),
     }
