@@ -489,3 +489,220 @@ pub fn check(config: &std::path::Path, mirror: Option<&str>) -> Plugin {
     let _ = std::io::stdout().write_all(format!("{line}\n").as_bytes());
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Exit;
+    use crate::run::{Outcome, Stage, Trigger};
+
+    const NOW: u64 = 1_795_300_000;
+
+    fn run(n: u64, result: RunResult, started: u64, took: u64) -> RunRecord {
+        RunRecord {
+            run: n,
+            trigger: Trigger::Timer,
+            request: format!("r{n}"),
+            requester: "user=syncgate uid=998".into(),
+            started,
+            ended: started + took,
+            outcome: Outcome {
+                exit_code: if result == RunResult::Success {
+                    Exit::Ok
+                } else {
+                    Exit::SyncFailed
+                },
+                ..Outcome::failed(result, "rsync said | no\nmore".to_string(), Some(23))
+            },
+            served: 1,
+            stage: Stage::All,
+        }
+    }
+
+    /// A mirror whose last success was `age` seconds ago (None: never),
+    /// with `max_age`, and `failures` failed runs since.
+    fn mirror(age: Option<u64>, max_age: Option<u64>, failures: u64) -> MirrorStatus {
+        let last_success = age.map(|a| NOW - a);
+        let last_run = if failures > 0 {
+            Some(run(9, RunResult::Failed, NOW - 100, 40))
+        } else {
+            last_success.map(|s| run(8, RunResult::Success, s - 60, 60))
+        };
+        MirrorStatus {
+            name: "iso".into(),
+            state: "idle",
+            running: None,
+            waiting: 2,
+            last_run,
+            last_success,
+            last_success_age: age,
+            snapshot: None,
+            warning: None,
+            failures_in_row: failures,
+            typical_duration: None,
+            max_age,
+            freshness: freshness(max_age, age),
+            counts: Counts::default(),
+            history_warning: None,
+        }
+    }
+
+    fn check(m: &MirrorStatus) -> (Plugin, String) {
+        check_mirror(m, 3600, NOW)
+    }
+
+    #[test]
+    fn freshness_is_measured_against_max_age() {
+        assert_eq!(freshness(None, Some(10)), "unknown");
+        assert_eq!(freshness(None, None), "unknown");
+        assert_eq!(freshness(Some(60), None), "never");
+        assert_eq!(freshness(Some(60), Some(60)), "fresh");
+        assert_eq!(freshness(Some(60), Some(61)), "stale");
+    }
+
+    #[test]
+    fn a_fresh_mirror_whose_last_run_succeeded_is_ok() {
+        let (p, text) = check(&mirror(Some(600), Some(7200), 0));
+        assert_eq!(p, Plugin::Ok);
+        assert_eq!(text, "iso: OK, last success 10m00s ago");
+        assert_eq!(
+            check(&mirror(Some(600_000), None, 0)).0,
+            Plugin::Ok,
+            "no max_age: no age rule"
+        );
+    }
+
+    #[test]
+    fn past_max_age_or_never_synced_is_critical() {
+        assert_eq!(
+            check(&mirror(Some(18_000), Some(7200), 0)),
+            (
+                Plugin::Critical,
+                "iso: last success 5h00m ago (max_age 2h00m)".into()
+            )
+        );
+        assert_eq!(
+            check(&mirror(None, Some(7200), 0)),
+            (Plugin::Critical, "iso: never synced (max_age 2h00m)".into())
+        );
+        assert_eq!(check(&mirror(None, None, 0)).0, Plugin::Critical);
+        // Both: the worst decides, both are said.
+        let (p, text) = check(&mirror(Some(18_000), Some(7200), 3));
+        assert_eq!(p, Plugin::Critical);
+        assert!(
+            text.contains("5h00m ago") && text.contains("3 in a row"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failed_last_run_of_a_fresh_mirror_is_a_warning_in_one_line_without_a_pipe() {
+        let (p, text) = check(&mirror(Some(600), Some(7200), 2));
+        assert_eq!(p, Plugin::Warning);
+        assert_eq!(
+            text,
+            "iso: last run #9 failed (2 in a row): rsync said / no more"
+        );
+    }
+
+    #[test]
+    fn a_dead_or_stuck_run_is_a_warning_and_a_corrupt_state_unknown() {
+        let mut m = mirror(Some(600), Some(7200), 0);
+        m.running = Some(Running {
+            run: 10,
+            pid: 4242,
+            trigger: Trigger::Ssh,
+            request: "r10".into(),
+            requester: "key=jenkins".into(),
+            started: NOW - 3600 - STUCK_GRACE,
+            stage: Stage::All,
+        });
+        m.state = "running";
+        assert_eq!(check(&m).0, Plugin::Ok, "within timeout + grace");
+        m.running.as_mut().unwrap().started -= 1;
+        assert_eq!(
+            check(&m),
+            (
+                Plugin::Warning,
+                "iso: run #10 stuck: running for 1h05m (timeout 1h00m)".into()
+            )
+        );
+        m.state = "stale";
+        assert_eq!(
+            check(&m),
+            (
+                Plugin::Warning,
+                "iso: run #10 (pid 4242) died without a result".into()
+            )
+        );
+        let mut m = mirror(Some(600), Some(7200), 0);
+        m.warning = Some("state file x is corrupt".into());
+        assert_eq!(check(&m).0, Plugin::Unknown);
+    }
+
+    #[test]
+    fn the_worst_mirror_decides_critical_above_unknown_above_warning() {
+        assert_eq!(Plugin::Warning.worst(Plugin::Unknown), Plugin::Unknown);
+        assert_eq!(Plugin::Unknown.worst(Plugin::Critical), Plugin::Critical);
+        assert_eq!(Plugin::Critical.worst(Plugin::Ok), Plugin::Critical);
+        assert_eq!(
+            [
+                Plugin::Ok,
+                Plugin::Warning,
+                Plugin::Critical,
+                Plugin::Unknown
+            ]
+            .map(Plugin::code),
+            [0, 1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn the_check_line_carries_valid_perfdata() {
+        let cfg = Config::parse(
+            std::path::Path::new("/etc/syncgate/syncgate.toml"),
+            "state_dir = \"/s\"\n[mirror.iso]\nupstream = \"/up\"\ndest = \"/srv/iso\"\nowner = \"daemon\"\nreader_group = \"daemon\"\nmax_age = \"2h\"\n",
+        )
+        .unwrap();
+        let mut never = mirror(None, None, 0);
+        never.name = "new".into();
+        let doc = StatusDoc {
+            version: 1,
+            generated: NOW,
+            mirrors: vec![mirror(Some(18_000), Some(7200), 0), never],
+        };
+        let (p, line) = check_line(&cfg, &doc);
+        assert_eq!(p, Plugin::Critical);
+        assert_eq!(
+            line,
+            "SYNCGATE CRITICAL - iso: last success 5h00m ago (max_age 2h00m); new: never synced \
+             | iso_age=18000s;;7200;0 iso_failures=0;0;;0 iso_duration=60s;;;0 iso_waiting=2;;;0 \
+             new_age=U;;;0 new_failures=0;0;;0 new_duration=U;;;0 new_waiting=2;;;0"
+        );
+        let empty = StatusDoc {
+            version: 1,
+            generated: NOW,
+            mirrors: vec![],
+        };
+        assert_eq!(check_line(&cfg, &empty).0, Plugin::Unknown);
+    }
+
+    #[test]
+    fn the_typical_duration_is_the_median_of_recent_successes() {
+        let mut runs: Vec<RunRecord> = (0..30)
+            .map(|i| {
+                run(
+                    i,
+                    RunResult::Success,
+                    1000 * i,
+                    if i < 10 { 1000 } else { i },
+                )
+            })
+            .collect();
+        runs.push(run(31, RunResult::Failed, 40_000, 5000));
+        // The last 20 successes took 10..29 s: the median is (19 + 20) / 2.
+        assert_eq!(typical_duration(&runs), Some(19));
+        assert_eq!(typical_duration(&runs[..1]), Some(1000));
+        assert_eq!(typical_duration(&runs[30..]), None);
+    }
+}
