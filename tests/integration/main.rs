@@ -19,6 +19,7 @@ mod gate;
 mod harness;
 mod hostile;
 mod load;
+mod observe;
 mod privilege;
 mod push;
 mod ship;

@@ -20,6 +20,10 @@ pub struct Config {
     pub heartbeat: u32,
     pub syslog_socket: PathBuf,
     pub syslog_facility: Option<String>,
+    /// `metrics_file = "…"` (unset: no metrics file).
+    pub metrics_file: Option<PathBuf>,
+    /// `history_size = N` bytes (unset: syncgate's default, 1 MiB).
+    pub history_size: Option<u64>,
     pub mirrors: Vec<Mirror>,
     pub keys: Vec<Key>,
 }
@@ -64,6 +68,8 @@ pub struct Opts {
     pub checksum_files: Option<Vec<&'static str>>,
     /// `verify_signature = { keyring = "…", program = "…" }`.
     pub verify_signature: Option<Signature>,
+    /// `max_age = "…"`: a duration (`"2h"`, `60`).
+    pub max_age: Option<&'static str>,
 }
 
 /// The `verify_signature` table.
@@ -127,6 +133,11 @@ impl Opts {
     }
     pub fn profile(mut self, p: &'static str) -> Opts {
         self.profile = Some(p);
+        self
+    }
+    /// `max_age = DURATION` (`"2h"`, `"60"`).
+    pub fn max_age(mut self, d: &'static str) -> Opts {
+        self.max_age = Some(d);
         self
     }
     pub fn busy_wait(mut self, secs: u64) -> Opts {
@@ -230,6 +241,12 @@ impl Config {
         if let Some(a) = self.audit_required {
             writeln!(t, "audit_required = {a}").unwrap();
         }
+        if let Some(m) = &self.metrics_file {
+            writeln!(t, "metrics_file = {}", quoted(m.display())).unwrap();
+        }
+        if let Some(n) = self.history_size {
+            writeln!(t, "history_size = {n}").unwrap();
+        }
         writeln!(t, "heartbeat = {}\n", self.heartbeat).unwrap();
         writeln!(
             t,
@@ -299,6 +316,7 @@ impl Mirror {
             ("publish", o.publish),
             ("profile", o.profile),
             ("verify", o.verify),
+            ("max_age", o.max_age),
         ];
         for (key, value) in words {
             if let Some(v) = value {

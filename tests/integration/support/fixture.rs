@@ -69,6 +69,8 @@ impl Fixture {
             heartbeat: 1,
             syslog_socket: dir.path().join("no-syslog"),
             syslog_facility: None,
+            metrics_file: None,
+            history_size: None,
             mirrors: vec![Mirror {
                 name: M.into(),
                 upstream: upstream.display().to_string(),
