@@ -461,3 +461,44 @@ fn the_history_stays_bounded_and_whole_under_a_soak_of_many_quick_runs() {
         .stdout_contains("warning: history: ")
         .run();
 }
+
+crate::support::e2e_test! {
+    /// On a production-like host the login account writes the metrics file
+    /// after an SSH sync (mode 0644, in a directory it owns), with the live
+    /// snapshot as a label; the login account can read `history` and run
+    /// `status --check`; a reader outside the state dir gets UNKNOWN.
+    fn the_login_account_writes_the_metrics_file_after_an_ssh_sync() {
+        use crate::support::mirror_host::{MirrorHost, LOGIN, READER};
+        use std::os::unix::fs::MetadataExt;
+        let mut mh = MirrorHost::snapshots();
+        let dir = mh.path("node-exporter");
+        std::fs::create_dir(&dir).unwrap();
+        nix::unistd::chown(&dir, Some(mh.login.uid.into()), Some(mh.login.gid.into())).unwrap();
+        let prom = dir.join("syncgate.prom");
+        mh.reconfigure(|c| c.metrics_file = Some(prom.clone()));
+        mh.put("iso", "a.iso", b"image");
+        mh.ssh(Some("sync")).status(0).run();
+
+        let md = std::fs::metadata(&prom).unwrap();
+        assert_eq!((md.uid(), md.mode() & 0o777), (mh.login.uid, 0o644));
+        let st = mh.state("iso");
+        let m = metrics(&prom);
+        agree(&m, "iso", &st);
+        let live = st["runs"][0]["snapshot"]["live"].as_str().unwrap();
+        assert_eq!(
+            get(&m, &format!("syncgate_live_snapshot_info{{mirror=\"iso\",snapshot=\"{live}\"}}")),
+            1.0
+        );
+
+        let conf = mh.config.display().to_string();
+        let out = mh.host.run_as(LOGIN, &[&mh.bin.display().to_string(), "--config", &conf, "status", "--check"]);
+        assert_eq!(out.status.code(), Some(0), "{}", crate::support::show(&out));
+        assert!(stdout(&out).starts_with("SYNCGATE OK - iso: OK, last success "), "{}", stdout(&out));
+        let out = mh.host.run_as(LOGIN, &[&mh.bin.display().to_string(), "--config", &conf, "history"]);
+        assert!(out.status.success(), "{}", crate::support::show(&out));
+        assert!(stdout(&out).contains("  iso  #1  success  "), "{}", stdout(&out));
+        let out = mh.host.run_as(READER, &[&mh.bin.display().to_string(), "--config", &conf, "status", "--check"]);
+        assert_eq!(out.status.code(), Some(3), "{}", crate::support::show(&out));
+        assert!(stdout(&out).starts_with("SYNCGATE UNKNOWN - "), "{}", stdout(&out));
+    }
+}
