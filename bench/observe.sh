@@ -73,7 +73,6 @@ group=$(id -gn)
 rm -rf "$W/run"
 mkdir -p "$W/run/up" "$W/run/srv" "$W/run/prom"
 for i in $(seq 1 20); do printf 'file %s\n' "$i" >"$W/run/up/f$i.iso"; done
-printf 'x  f1.iso\n' >"$W/run/up/SHA256SUMS"
 
 # One config per variant, each with its own state dir; the same dests.
 write_config() { # VARIANT EXTRA_TOP_LEVEL_LINES

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::queue::history;
+use crate::queue::history::{self, Timing};
 use crate::queue::state::{Counts, MirrorState};
 use crate::queue::statedir::StateDir;
 use crate::run::{now, RunRecord, RunResult, Running, Snapshots};
@@ -19,8 +19,9 @@ use crate::sys::progress::human_secs;
 use crate::sys::timefmt::iso;
 
 /// How much of the end of a mirror's history `status` reads for the
-/// typical duration (some 150 runs).
-pub const RECENT_BYTES: u64 = 64 << 10;
+/// typical duration: some 40 runs, enough for [`TYPICAL_OF`] successes
+/// unless most runs fail (the state file's runs are added then).
+pub const RECENT_BYTES: u64 = 16 << 10;
 
 /// How many of the recent successful runs the typical duration is the
 /// median of.
@@ -85,7 +86,7 @@ fn median(mut v: Vec<u64>) -> Option<u64> {
 
 /// The median duration of the last [`TYPICAL_OF`] successful `runs`
 /// (oldest first).
-pub fn typical_duration(runs: &[RunRecord]) -> Option<u64> {
+pub fn typical_duration(runs: &[Timing]) -> Option<u64> {
     median(
         runs.iter()
             .rev()
@@ -111,9 +112,10 @@ pub fn freshness(max_age: Option<u64>, last_success_age: Option<u64>) -> &'stati
 pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
     let t = now();
     let mut mirrors = Vec::new();
+    let locks = crate::sys::proc_locks::Table::read();
     for name in names {
         let mut loaded = MirrorState::load(sd, name)?;
-        let mut usage = crate::sys::proc_locks::usage(&sd.lock_path(name));
+        let mut usage = locks.usage(&sd.lock_path(name));
         if loaded.state.running.is_some() && !usage.held {
             // The run may have ended between reading the state and looking
             // at the lock: read again before calling it stale.
@@ -121,14 +123,23 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDo
             usage = crate::sys::proc_locks::usage(&sd.lock_path(name));
         }
         let st = loaded.state;
-        let (recent, history_warning) = match history::read(sd, name, RECENT_BYTES) {
-            Ok(h) if h.runs.is_empty() => (st.runs.clone(), None),
+        let kept: Vec<Timing> = st.runs.iter().map(Timing::from).collect();
+        let (mut recent, history_warning) = match history::read::<Timing>(sd, name, RECENT_BYTES) {
             Ok(h) => (
                 h.runs,
                 (!h.warnings.is_empty()).then(|| h.warnings.join("; ")),
             ),
-            Err(e) => (st.runs.clone(), Some(e.to_string())),
+            Err(e) => (Vec::new(), Some(e.to_string())),
         };
+        let successes = recent
+            .iter()
+            .filter(|r| r.result == RunResult::Success)
+            .count();
+        if successes < TYPICAL_OF && kept.len() > recent.len() {
+            // Too little history (new, or mostly failures): the state
+            // file's runs reach further back.
+            recent = kept;
+        }
         let max_age = cfg.mirrors.get(name).and_then(|m| m.max_age);
         let last_success_age = st.last_success.map(|s| t.saturating_sub(s));
         let state = match (&st.running, usage.held) {
@@ -689,17 +700,13 @@ mod tests {
 
     #[test]
     fn the_typical_duration_is_the_median_of_recent_successes() {
-        let mut runs: Vec<RunRecord> = (0..30)
+        let mut runs: Vec<Timing> = (0..30)
             .map(|i| {
-                run(
-                    i,
-                    RunResult::Success,
-                    1000 * i,
-                    if i < 10 { 1000 } else { i },
-                )
+                let took = if i < 10 { 1000 } else { i };
+                Timing::from(&run(i, RunResult::Success, 1000 * i, took))
             })
             .collect();
-        runs.push(run(31, RunResult::Failed, 40_000, 5000));
+        runs.push(Timing::from(&run(31, RunResult::Failed, 40_000, 5000)));
         // The last 20 successes took 10..29 s: the median is (19 + 20) / 2.
         assert_eq!(typical_duration(&runs), Some(19));
         assert_eq!(typical_duration(&runs[..1]), Some(1000));

@@ -159,17 +159,21 @@ fn cmd_history(config: &Path, mirror: Option<&str>, json: bool, n: usize) -> Res
         for w in &read.warnings {
             progress::say(&format!("warning: {w}"));
         }
-        let runs = if read.runs.is_empty() {
+        if read.runs.is_empty() {
             let st = crate::queue::state::MirrorState::load(&sd, name)?.state;
             let skip = st.runs.len().saturating_sub(keep);
-            st.runs.into_iter().skip(skip).collect()
+            all.extend(
+                st.runs
+                    .into_iter()
+                    .skip(skip)
+                    .map(|record| crate::queue::history::Entry {
+                        mirror: name.clone(),
+                        record,
+                    }),
+            );
         } else {
-            read.runs
-        };
-        all.extend(runs.into_iter().map(|record| crate::queue::history::Entry {
-            mirror: name.clone(),
-            record,
-        }));
+            all.extend(read.runs);
+        }
     }
     all.sort_by_key(|e| (e.record.started, e.record.run));
     let skip = all.len().saturating_sub(keep);

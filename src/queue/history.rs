@@ -22,6 +22,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::libc;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
@@ -130,11 +131,41 @@ pub fn append(sd: &StateDir, mirror: &str, record: &RunRecord, limit: u64) -> Re
 }
 
 /// Runs read from a mirror's history, oldest first, and what was skipped.
-#[derive(Debug, Default)]
-pub struct Read {
-    pub runs: Vec<RunRecord>,
+/// `T`: what is kept of each line: the whole [`Entry`] or, cheaper to
+/// parse, [`Timing`].
+#[derive(Debug)]
+pub struct Read<T = Entry> {
+    pub runs: Vec<T>,
     /// One sentence per file with lines that are not run records.
     pub warnings: Vec<String>,
+}
+
+impl<T> Default for Read<T> {
+    fn default() -> Self {
+        Read {
+            runs: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// When a run started and ended and how it ended: what `status` and the
+/// metrics take from the history (parsed without the rest of the line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Timing {
+    pub started: u64,
+    pub ended: u64,
+    pub result: crate::run::RunResult,
+}
+
+impl From<&RunRecord> for Timing {
+    fn from(r: &RunRecord) -> Timing {
+        Timing {
+            started: r.started,
+            ended: r.ended,
+            result: r.result,
+        }
+    }
 }
 
 /// Reads up to `budget` bytes from the end of `path` (all of it when it is
@@ -184,13 +215,15 @@ fn tail(path: &Path, budget: u64) -> Result<Option<(Vec<u8>, bool)>> {
 }
 
 /// Parses history lines; an unreadable one is counted in `bad`.
-fn parse(bytes: &[u8], runs: &mut Vec<RunRecord>, bad: &mut Vec<usize>) {
+fn parse<T: DeserializeOwned>(bytes: &[u8], runs: &mut Vec<T>, bad: &mut Vec<usize>) {
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<Entry>(line) {
-            Ok(e) => runs.push(e.record),
+        // serde_json wants the whole line to be one value: a line cut
+        // short, or two run together, is refused whatever `T` keeps.
+        match serde_json::from_slice::<T>(line) {
+            Ok(e) => runs.push(e),
             Err(_) => bad.push(i + 1),
         }
     }
@@ -199,7 +232,7 @@ fn parse(bytes: &[u8], runs: &mut Vec<RunRecord>, bad: &mut Vec<usize>) {
 /// Reads `mirror`'s history, oldest first: at most the last `budget`
 /// bytes of the two files (`u64::MAX` for all of it). Lines that are not
 /// run records are skipped with a warning.
-pub fn read(sd: &StateDir, mirror: &str, budget: u64) -> Result<Read> {
+pub fn read<T: DeserializeOwned>(sd: &StateDir, mirror: &str, budget: u64) -> Result<Read<T>> {
     let mut out = Read::default();
     let current = path(sd, mirror);
     let newer = tail(&current, budget)?;
@@ -234,8 +267,8 @@ pub fn read(sd: &StateDir, mirror: &str, budget: u64) -> Result<Read> {
 
 /// The last `n` runs of `mirror`'s history (all of it read), oldest first.
 pub fn last(sd: &StateDir, mirror: &str, n: usize) -> Result<Read> {
-    let mut r = read(sd, mirror, u64::MAX)?;
-    let mut keep: VecDeque<RunRecord> = r.runs.drain(..).collect();
+    let mut r = read::<Entry>(sd, mirror, u64::MAX)?;
+    let mut keep: VecDeque<Entry> = r.runs.drain(..).collect();
     while keep.len() > n {
         keep.pop_front();
     }
@@ -277,7 +310,7 @@ mod tests {
     }
 
     fn ids(r: &Read) -> Vec<u64> {
-        r.runs.iter().map(|r| r.run).collect()
+        r.runs.iter().map(|e| e.record.run).collect()
     }
 
     #[test]
@@ -300,9 +333,11 @@ mod tests {
             text.starts_with("{\"mirror\":\"m\",\"run\":1,\"trigger\":\"timer\","),
             "{text}"
         );
-        let r = read(&sd, "m", u64::MAX).unwrap();
+        let r = read::<Entry>(&sd, "m", u64::MAX).unwrap();
         assert_eq!(ids(&r), [1, 2, 3]);
-        assert_eq!(r.runs[1].result, RunResult::Died);
+        assert_eq!(r.runs[1].record.result, RunResult::Died);
+        let t = read::<Timing>(&sd, "m", u64::MAX).unwrap();
+        assert_eq!(t.runs[2], Timing::from(&rec(3, RunResult::Success)));
         assert!(r.warnings.is_empty());
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(path(&sd, "m")).unwrap().permissions(),
@@ -329,7 +364,7 @@ mod tests {
             }
         }
         assert!(rotations > 5, "{rotations} rotations");
-        let r = read(&sd, "m", u64::MAX).unwrap();
+        let r = read::<Entry>(&sd, "m", u64::MAX).unwrap();
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
         let got = ids(&r);
         assert_eq!(*got.last().unwrap(), 200);
@@ -350,7 +385,7 @@ mod tests {
         let done = append(&sd, "m", &rec(3, RunResult::Failed), 1 << 20).unwrap();
         assert!(done.repaired);
         f.write_all(b"not json\n\n").unwrap();
-        let r = read(&sd, "m", u64::MAX).unwrap();
+        let r = read::<Entry>(&sd, "m", u64::MAX).unwrap();
         assert_eq!(ids(&r), [1, 3]);
         assert_eq!(r.warnings.len(), 1);
         assert!(
@@ -367,7 +402,7 @@ mod tests {
         for i in 1..=30 {
             append(&sd, "m", &rec(i, RunResult::Success), 4096).unwrap();
         }
-        let all = ids(&read(&sd, "m", u64::MAX).unwrap());
+        let all = ids(&read::<Entry>(&sd, "m", u64::MAX).unwrap());
         let line = std::fs::read_to_string(path(&sd, "m"))
             .unwrap()
             .lines()
@@ -377,13 +412,13 @@ mod tests {
             + 1;
         let cur = std::fs::metadata(path(&sd, "m")).unwrap().len();
         // All of the current file and two lines and a half of the old one.
-        let r = read(&sd, "m", cur + 2 * line + line / 2).unwrap();
+        let r = read::<Entry>(&sd, "m", cur + 2 * line + line / 2).unwrap();
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
         let got = ids(&r);
         assert_eq!(got, all[all.len() - got.len()..]);
         assert_eq!(got.len() as u64, cur / line + 2);
         // Inside the current file only.
-        let got = ids(&read(&sd, "m", line + 3).unwrap());
+        let got = ids(&read::<Entry>(&sd, "m", line + 3).unwrap());
         assert_eq!(got, [30]);
     }
 
@@ -396,7 +431,7 @@ mod tests {
         let e = append(&sd, "m", &rec(1, RunResult::Success), 1 << 20).unwrap_err();
         assert!(e.to_string().contains("is a symlink"), "{e}");
         assert_eq!(std::fs::read(&target).unwrap(), b"");
-        assert!(read(&sd, "m", u64::MAX)
+        assert!(read::<Entry>(&sd, "m", u64::MAX)
             .unwrap_err()
             .to_string()
             .contains("not a regular file"));
@@ -408,13 +443,13 @@ mod tests {
         .unwrap();
         let e = append(&sd, "m", &rec(1, RunResult::Success), 1 << 20).unwrap_err();
         assert!(e.to_string().contains("m.history.jsonl"), "{e}");
-        assert!(read(&sd, "m", u64::MAX).is_err());
+        assert!(read::<Entry>(&sd, "m", u64::MAX).is_err());
     }
 
     #[test]
     fn no_history_reads_as_empty() {
         let (_d, sd) = dir();
-        let r = read(&sd, "m", u64::MAX).unwrap();
+        let r = read::<Entry>(&sd, "m", u64::MAX).unwrap();
         assert!(r.runs.is_empty() && r.warnings.is_empty());
     }
 }
