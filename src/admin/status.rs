@@ -107,15 +107,36 @@ pub fn freshness(max_age: Option<u64>, last_success_age: Option<u64>) -> &'stati
     }
 }
 
+/// When [`collect`] reads the kernel's lock table (for `running` and
+/// `waiting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locks {
+    /// Always (`status`).
+    Always,
+    /// Only when some mirror has a run recorded as running (the metrics
+    /// file, written after every request). A read of /proc/locks can wait
+    /// for an RCU grace period, 5 to 15 ms on a busy machine; without a
+    /// run in progress nobody waits longer than a lock holder takes to
+    /// coalesce (milliseconds), so `waiting` is 0.
+    WhenRunning,
+}
+
 /// Reads every mirror in `names`: state file, lock usage and the end of
 /// its history.
-pub fn collect(cfg: &Config, sd: &StateDir, names: &[String]) -> Result<StatusDoc> {
+pub fn collect(cfg: &Config, sd: &StateDir, names: &[String], locks: Locks) -> Result<StatusDoc> {
     let t = now();
     let mut mirrors = Vec::new();
-    let locks = crate::sys::proc_locks::Table::read();
+    let mut states = Vec::new();
     for name in names {
-        let mut loaded = MirrorState::load(sd, name)?;
-        let mut usage = locks.usage(&sd.lock_path(name));
+        states.push(MirrorState::load(sd, name)?);
+    }
+    let any_running = states.iter().any(|l| l.state.running.is_some());
+    let table = (locks == Locks::Always || any_running).then(crate::sys::proc_locks::Table::read);
+    for (name, mut loaded) in names.iter().zip(states) {
+        let mut usage = table
+            .as_ref()
+            .map(|t| t.usage(&sd.lock_path(name)))
+            .unwrap_or_default();
         if loaded.state.running.is_some() && !usage.held {
             // The run may have ended between reading the state and looking
             // at the lock: read again before calling it stale.
@@ -188,7 +209,7 @@ pub enum TextTo {
 /// `status`: collects `names` and prints them as JSON (stdout) or as text.
 pub fn show(cfg: &Config, names: &[String], json: bool, text_to: TextTo) -> Result<()> {
     let sd = StateDir::open(&cfg.state_dir)?;
-    let doc = collect(cfg, &sd, names)?;
+    let doc = collect(cfg, &sd, names, Locks::Always)?;
     // A reader that went away (`| head`, a client that left) is not an error.
     if json {
         let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
@@ -487,7 +508,7 @@ pub fn check(config: &std::path::Path, mirror: Option<&str>) -> Plugin {
             None => cfg.mirror_names(),
         };
         let sd = StateDir::open(&cfg.state_dir)?;
-        let doc = collect(&cfg, &sd, &names)?;
+        let doc = collect(&cfg, &sd, &names, Locks::Always)?;
         Ok(check_line(&cfg, &doc))
     };
     let (p, line) = match run() {

@@ -140,7 +140,7 @@ fn declare_mirror_families(x: &mut Exposition) {
         ("syncgate_requests_total", Counter, "Requests served for the mirror, coalesced ones included."),
         ("syncgate_consecutive_failures", Gauge, "Finished runs since the mirror's last success that did not succeed."),
         ("syncgate_typical_run_duration_seconds", Gauge, "Median duration of the mirror's recent successful runs."),
-        ("syncgate_waiting_requests", Gauge, "Requests waiting for the mirror's lock when this file was written."),
+        ("syncgate_waiting_requests", Gauge, "Requests waiting for the mirror's lock when this file was written (counted while a run of some mirror is in progress)."),
         ("syncgate_running", Gauge, "1 while a run of the mirror holds its lock."),
         ("syncgate_state", Gauge, "1 for the mirror's state: idle, running, or stale (a run is recorded but its process is gone)."),
         ("syncgate_live_snapshot_info", Gauge, "The mirror's live snapshot (snapshot publishing), as a label."),
