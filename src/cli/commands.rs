@@ -155,7 +155,7 @@ fn cmd_history(config: &Path, mirror: Option<&str>, json: bool, n: usize) -> Res
     let keep = if n == 0 { usize::MAX } else { n };
     let mut all = Vec::new();
     for name in &names {
-        let read = crate::queue::history::last(&sd, name, keep)?;
+        let read = crate::queue::history::last(&sd, name, keep, 2 * cfg.history_size)?;
         for w in &read.warnings {
             progress::say(&format!("warning: {w}"));
         }

@@ -265,9 +265,11 @@ pub fn read<T: DeserializeOwned>(sd: &StateDir, mirror: &str, budget: u64) -> Re
     Ok(out)
 }
 
-/// The last `n` runs of `mirror`'s history (all of it read), oldest first.
-pub fn last(sd: &StateDir, mirror: &str, n: usize) -> Result<Read> {
-    let mut r = read::<Entry>(sd, mirror, u64::MAX)?;
+/// The last `n` runs of `mirror`'s history, oldest first, reading at most
+/// the last `budget` bytes of the two files (twice `history_size` holds
+/// all of it: a file grown bigger by hand is not read whole).
+pub fn last(sd: &StateDir, mirror: &str, n: usize, budget: u64) -> Result<Read> {
+    let mut r = read::<Entry>(sd, mirror, budget)?;
     let mut keep: VecDeque<Entry> = r.runs.drain(..).collect();
     while keep.len() > n {
         keep.pop_front();
@@ -370,7 +372,7 @@ mod tests {
         assert_eq!(*got.last().unwrap(), 200);
         assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "{got:?}");
         assert!(got.len() > 10 && got[0] > 1, "{got:?}");
-        assert_eq!(ids(&last(&sd, "m", 3).unwrap()), [198, 199, 200]);
+        assert_eq!(ids(&last(&sd, "m", 3, u64::MAX).unwrap()), [198, 199, 200]);
     }
 
     #[test]
