@@ -23,6 +23,9 @@ pub enum Exit {
     /// A sync ran and failed (rsync or the permission helper failed, it timed
     /// out or was stopped); or `check` found a problem.
     SyncFailed = 1,
+    /// The sync succeeded and is published here, but fewer downstream
+    /// mirrors got it than the mirror's `require` (with `cascade = "wait"`).
+    Downstream = 2,
     /// Command line or SSH request not understood (EX_USAGE).
     Usage = 64,
     /// Internal error: state, lock or I/O trouble (EX_SOFTWARE).
@@ -41,9 +44,10 @@ pub enum Exit {
 
 impl Exit {
     /// Every exit code, in ascending order.
-    pub const ALL: [Exit; 8] = [
+    pub const ALL: [Exit; 9] = [
         Exit::Ok,
         Exit::SyncFailed,
+        Exit::Downstream,
         Exit::Usage,
         Exit::Internal,
         Exit::QueueTimeout,
@@ -62,6 +66,7 @@ impl Exit {
         match self {
             Exit::Ok => "success",
             Exit::SyncFailed => "sync failed",
+            Exit::Downstream => "published, but too few downstream pushes succeeded",
             Exit::Usage => "usage or request not understood",
             Exit::Internal => "internal error",
             Exit::QueueTimeout => "queue timeout",
@@ -78,6 +83,10 @@ impl Exit {
             Exit::SyncFailed => {
                 "The sync failed (rsync's own exit code is in the message), timed out or was \
                  stopped; or check found a problem."
+            }
+            Exit::Downstream => {
+                "The sync succeeded and is published on this host, but fewer downstream mirrors \
+                 got it than the mirror's require (cascade = \"wait\"); status shows which."
             }
             Exit::Usage => "Usage error, or an SSH request that is not understood.",
             Exit::Internal => "Internal error: state directory, lock file or I/O trouble; or an SSH sync that could be audited nowhere (audit_required).",
@@ -105,9 +114,18 @@ impl Exit {
         format!("Exit codes: {}.", list.join(", "))
     }
 
-    /// The worse of two exit codes (the higher number).
+    /// The worse of two exit codes: the higher number, except that a
+    /// local sync that failed (1) is worse than downstreams that missed a
+    /// release published here (2).
     pub fn worst(self, other: Exit) -> Exit {
-        if other.code() > self.code() {
+        fn rank(e: Exit) -> u8 {
+            match e {
+                Exit::Downstream => 1,
+                Exit::SyncFailed => 2,
+                e => e.code(),
+            }
+        }
+        if rank(other) > rank(self) {
             other
         } else {
             self
@@ -231,7 +249,7 @@ mod tests {
     #[test]
     fn the_codes_are_the_documented_ones_in_ascending_order() {
         let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
-        assert_eq!(codes, [0, 1, 64, 70, 75, 77, 78, 255]);
+        assert_eq!(codes, [0, 1, 2, 64, 70, 75, 77, 78, 255]);
         for c in 0..=u8::MAX {
             assert_eq!(Exit::try_from(c).is_ok(), codes.contains(&c), "{c}");
         }
@@ -241,7 +259,7 @@ mod tests {
     fn the_help_text_lists_every_code() {
         assert_eq!(
             Exit::help_text(),
-            "Exit codes: 0 success, 1 sync failed, 64 usage or request not understood, \
+            "Exit codes: 0 success, 1 sync failed, 2 published, but too few downstream pushes succeeded, 64 usage or request not understood, \
              70 internal error, 75 queue timeout, 77 not permitted, 78 configuration error, 255 a runmirrors key's request did not succeed."
         );
     }
@@ -273,6 +291,9 @@ mod tests {
     #[test]
     fn worst_is_the_higher_code() {
         assert_eq!(Exit::Ok.worst(Exit::SyncFailed), Exit::SyncFailed);
+        assert_eq!(Exit::Downstream.worst(Exit::SyncFailed), Exit::SyncFailed);
+        assert_eq!(Exit::SyncFailed.worst(Exit::Downstream), Exit::SyncFailed);
+        assert_eq!(Exit::Ok.worst(Exit::Downstream), Exit::Downstream);
         assert_eq!(
             Exit::QueueTimeout.worst(Exit::SyncFailed),
             Exit::QueueTimeout

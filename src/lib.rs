@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod hub;
 pub mod observe;
 pub mod owner;
 pub mod queue;

@@ -122,6 +122,9 @@ pub struct Requester {
     /// How much of a sync was asked for (`All` unless an ftpsync push said
     /// `sync:stage1` or `sync:stage2`).
     pub stage: Stage,
+    /// An ftpsync push said `sync:mhop`: a hub pushes its own staged
+    /// downstreams' stage 1 before it answers stage 1.
+    pub mhop: bool,
 }
 
 impl Requester {
@@ -131,6 +134,7 @@ impl Requester {
             request: format!("r{}-{}", now(), std::process::id()),
             who,
             stage: Stage::All,
+            mhop: false,
         }
     }
 
@@ -309,6 +313,16 @@ impl RunRecord {
             served,
             stage: running.stage,
         }
+    }
+}
+
+impl RunRecord {
+    /// Whether this run changed what readers see: files transferred or
+    /// deleted, or a new snapshot switched live.
+    pub fn published_change(&self) -> bool {
+        self.files > 0
+            || self.deleted > 0
+            || self.outcome.snapshot.as_ref().is_some_and(|s| s.switched)
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::hub::state::{PushRecord, PushState};
 use crate::queue::history::{self, Timing};
 use crate::queue::state::{Counts, MirrorState};
 use crate::queue::statedir::StateDir;
@@ -71,6 +72,55 @@ pub struct MirrorStatus {
     pub counts: Counts,
     /// Lines of the history file that were skipped (a crash mid-write).
     pub history_warning: Option<String>,
+    /// A hub's downstream mirrors and how their last push went.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub downstreams: Vec<DownstreamStatus>,
+    /// A hub: a push of this mirror is under way (its push lock is held).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pushing: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DownstreamStatus {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub mode: &'static str,
+    pub kind: &'static str,
+    pub last_push: Option<PushRecord>,
+    /// Seconds since the last push ended.
+    pub age: Option<u64>,
+    /// The hub's release (run id) the downstream last got in full.
+    pub release: Option<u64>,
+}
+
+fn downstreams(cfg: &Config, sd: &StateDir, name: &str, t: u64) -> Vec<DownstreamStatus> {
+    let Ok(m) = cfg.mirror(name) else {
+        return Vec::new();
+    };
+    if m.fanout.downstreams.is_empty() {
+        return Vec::new();
+    }
+    let st = PushState::load(sd, name)
+        .map(|(s, _)| s)
+        .unwrap_or_default();
+    m.fanout
+        .downstreams
+        .iter()
+        .map(|d| {
+            let s = st.get(&d.name);
+            DownstreamStatus {
+                name: d.name.clone(),
+                host: d.host.clone(),
+                port: d.port,
+                mode: d.mode.as_str(),
+                kind: d.kind.as_str(),
+                age: s.last_push.as_ref().map(|p| t.saturating_sub(p.ended)),
+                last_push: s.last_push,
+                release: s.release,
+            }
+        })
+        .collect()
 }
 
 /// The median of `v` (the mean of the two middle values for an even count).
@@ -131,7 +181,8 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String], locks: Locks) -> R
         states.push(MirrorState::load(sd, name)?);
     }
     let any_running = states.iter().any(|l| l.state.running.is_some());
-    let table = (locks == Locks::Always || any_running).then(crate::sys::proc_locks::Table::read);
+    let mut table =
+        (locks == Locks::Always || any_running).then(crate::sys::proc_locks::Table::read);
     for (name, mut loaded) in names.iter().zip(states) {
         let mut usage = table
             .as_ref()
@@ -188,6 +239,16 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String], locks: Locks) -> R
             history_warning,
             running: st.running,
             warning: loaded.warning,
+            downstreams: downstreams(cfg, sd, name, t),
+            pushing: {
+                let lock = crate::hub::push_lock_path(sd, name);
+                // Only a hub's mirror has a push lock file to look up.
+                lock.exists()
+                    && table
+                        .get_or_insert_with(crate::sys::proc_locks::Table::read)
+                        .usage(&lock)
+                        .held
+            },
         });
     }
     Ok(StatusDoc {
@@ -282,6 +343,35 @@ fn render(doc: &StatusDoc) -> String {
             out.push_str(&format!(
                 "  typical duration: {} (median of the last successful runs, up to {TYPICAL_OF})\n",
                 human_secs(d)
+            ));
+        }
+        if m.pushing {
+            out.push_str("  pushing downstreams now\n");
+        }
+        for d in &m.downstreams {
+            let how = match &d.last_push {
+                Some(p) => format!(
+                    "{} {} of release #{} {} ago (took {}){}",
+                    p.stage,
+                    p.result.as_str(),
+                    p.run,
+                    human_secs(t.saturating_sub(p.ended)),
+                    human_secs(p.ended.saturating_sub(p.started)),
+                    if p.result.ok() {
+                        String::new()
+                    } else {
+                        format!(": {}", p.message)
+                    }
+                ),
+                None => "never pushed".into(),
+            };
+            let has = d
+                .release
+                .map(|r| format!("has #{r}"))
+                .unwrap_or_else(|| "has nothing from here yet".into());
+            out.push_str(&format!(
+                "  downstream {} ({}:{}, {}, {}): {how}; {has}\n",
+                d.name, d.host, d.port, d.kind, d.mode
             ));
         }
         if let Some(w) = &m.warning {
@@ -576,6 +666,8 @@ mod tests {
             freshness: freshness(max_age, age),
             counts: Counts::default(),
             history_warning: None,
+            downstreams: Vec::new(),
+            pushing: false,
         }
     }
 

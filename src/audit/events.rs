@@ -351,6 +351,108 @@ impl Event for Outcome<'_> {
     }
 }
 
+/// `event=push-start`: a hub starts one push (one ssh) to a downstream.
+pub struct PushStart<'a> {
+    pub mirror: &'a str,
+    pub downstream: &'a crate::config::Downstream,
+    /// `all`, `stage1` or `stage2`.
+    pub stage: &'a str,
+    /// The hub's release (run id) the push carries.
+    pub run: u64,
+}
+
+impl Event for PushStart<'_> {
+    fn level(&self) -> Level {
+        Level::Info
+    }
+
+    fn line(&self) -> Line {
+        let d = self.downstream;
+        let mut l = Line::new("push-start");
+        l.kv("mirror", self.mirror)
+            .kv("downstream", &d.name)
+            .kv("host", &d.host)
+            .kv("port", d.port)
+            .kv("user", &d.user)
+            .kv("archive", &d.archive)
+            .kv("kind", d.kind)
+            .kv("stage", self.stage)
+            .kv("run", self.run);
+        l
+    }
+}
+
+/// `event=push-end`: how one push ended.
+pub struct PushEnd<'a> {
+    pub mirror: &'a str,
+    pub downstream: &'a crate::config::Downstream,
+    pub stage: &'a str,
+    pub run: u64,
+    /// `success`, `triggered`, `failed`, `timeout`, `aborted`.
+    pub result: &'a str,
+    /// Whether the downstream has (or is getting) the release.
+    pub ok: bool,
+    /// ssh's exit status (`-` when it was killed).
+    pub exit: Option<i32>,
+    pub took: std::time::Duration,
+    pub message: &'a str,
+}
+
+impl Event for PushEnd<'_> {
+    fn level(&self) -> Level {
+        if self.ok {
+            Level::Notice
+        } else {
+            Level::Warning
+        }
+    }
+
+    fn line(&self) -> Line {
+        let d = self.downstream;
+        let mut l = Line::new("push-end");
+        l.kv("mirror", self.mirror)
+            .kv("downstream", &d.name)
+            .kv("host", &d.host)
+            .kv("port", d.port)
+            .kv("stage", self.stage)
+            .kv("run", self.run)
+            .kv("result", self.result)
+            .kv(
+                "exit",
+                self.exit
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            )
+            .kv("duration", format!("{:.1}", self.took.as_secs_f64()))
+            .kv("message", self.message);
+        l
+    }
+}
+
+/// `event=push-wait`: a staged fan-out's `push_delay` passed before every
+/// downstream answered stage 1; stage 2 went ahead (runmirrors' rule).
+pub struct PushWaitMissed<'a> {
+    pub mirror: &'a str,
+    pub run: u64,
+    pub push_delay: u64,
+    pub missed: &'a [&'a str],
+}
+
+impl Event for PushWaitMissed<'_> {
+    fn level(&self) -> Level {
+        Level::Warning
+    }
+
+    fn line(&self) -> Line {
+        let mut l = Line::new("push-wait");
+        l.kv("mirror", self.mirror)
+            .kv("run", self.run)
+            .kv("push_delay", self.push_delay)
+            .kv("missed", self.missed.join(","));
+        l
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +465,7 @@ mod tests {
             request: "r1-2".into(),
             who: "key=jenkins client=192.0.2.7:51234".into(),
             stage: crate::run::Stage::All,
+            mhop: false,
         }
     }
 

@@ -51,6 +51,7 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         Command::Prepare { mirror } => cmd_transfer(config, mirror, Stage::Stage1),
         Command::FixPerms { mirror } => cmd_fix_perms(config, mirror),
         Command::Rollback { mirror, to } => cmd_rollback(config, mirror, to.as_deref()),
+        Command::Push { mirror, detached } => cmd_push(config, mirror, *detached),
         Command::OwnerRollback { mirror, to } => {
             let cfg = Config::load(config)?;
             let report = crate::owner::rollback(&cfg, mirror, to.as_deref())?;
@@ -261,6 +262,15 @@ fn cmd_fix_perms(config: &Path, mirror: &str) -> Result<()> {
 
 /// `syncgate rollback MIRROR [--to ID]`: root only (with sudo privilege),
 /// through the mirror's queue like a sync.
+/// `syncgate push`: the downstream pushes of one mirror (root, the login
+/// account, or a publish's detached pusher).
+fn cmd_push(config: &Path, mirror: &str, detached: bool) -> Result<()> {
+    let cfg = Config::load(config)?;
+    signals::install();
+    let mut audit = Audit::open(&cfg.syslog);
+    crate::hub::push_command(&cfg, mirror, detached, &mut audit)
+}
+
 fn cmd_rollback(config: &Path, mirror: &str, to: Option<&str>) -> Result<()> {
     let cfg = Config::load(config)?;
     if cfg.privilege == crate::config::Privilege::Sudo && !nix::unistd::geteuid().is_root() {

@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn exit_codes_cover_the_exit_module_and_the_help_text() {
         let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
-        assert_eq!(codes, [0, 1, 64, 70, 75, 77, 78, 255]);
+        assert_eq!(codes, [0, 1, 2, 64, 70, 75, 77, 78, 255]);
         let after = Cli::command().get_after_help().unwrap().to_string();
         let page = page();
         for c in codes {

@@ -130,6 +130,17 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         to: Option<String>,
     },
+    /// Push MIRROR's release to every downstream mirror now (what a publish
+    /// does; see README "Hub"). Exits 2 unless every downstream got it.
+    Push {
+        /// A mirror name from the config, with downstreams.
+        mirror: String,
+        /// What a publish with cascade = "detach" starts: push only the
+        /// downstreams that lack the newest release, unless a pusher is
+        /// already waiting (it will).
+        #[arg(long, hide = true)]
+        detached: bool,
+    },
     /// Owner side of `rollback` (run by it as the image owner; not in the
     /// sudoers rule).
     #[command(hide = true)]

@@ -19,6 +19,7 @@ pub(super) fn validate_mirror(
     name: &Spanned<String>,
     m: RawMirror,
     privilege: Privilege,
+    login_user: &str,
 ) -> Result<Mirror> {
     let n = name.get_ref().clone();
     let key = |k: &str| format!("mirror.{n}.{k}");
@@ -117,6 +118,18 @@ pub(super) fn validate_mirror(
         Ok(super::duration::secs(src, v, &key(k), 1, Some(default))?.unwrap_or(default))
     };
 
+    let fanout = super::hub::fanout(
+        src,
+        &n,
+        super::hub::RawFanout {
+            cascade: &m.cascade,
+            require: &m.require,
+            push_delay: &m.push_delay,
+            downstream: m.downstream,
+        },
+        login_user,
+    )?;
+
     Ok(Mirror {
         name: n.clone(),
         upstream,
@@ -144,6 +157,7 @@ pub(super) fn validate_mirror(
         busy_wait: secs(&m.busy_wait, "busy_wait", 3600)?,
         publish,
         max_age: super::duration::secs(src, &m.max_age, &key("max_age"), 60, None)?,
+        fanout,
     })
 }
 

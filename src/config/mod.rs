@@ -25,6 +25,7 @@
 mod cidr;
 mod duration;
 mod facility;
+mod hub;
 mod key;
 mod mirror;
 mod names;
@@ -49,6 +50,7 @@ use raw::{RawSyslog, Source};
 
 pub use cidr::{Cidr, CidrError};
 pub use facility::Facility;
+pub use hub::{Cascade, Downstream, DownstreamKind, Fanout, Hub, PushMode};
 pub use names::{lookup_gid, lookup_uid, valid_host, valid_name, MirrorName, SUBCOMMANDS};
 pub use paths::sudoers_safe;
 pub use perm::{parse_mode, InvalidPolicy, PermPolicy};
@@ -120,6 +122,9 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     pub mirrors: BTreeMap<String, Mirror>,
     pub keys: BTreeMap<String, KeyConfig>,
+    /// How this host pushes downstream mirrors (`[hub]`); required when a
+    /// mirror has downstreams.
+    pub hub: Option<Hub>,
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +175,8 @@ pub struct Mirror {
     /// Seconds after the last success at which the mirror is stale
     /// (`status`, `status --check`, metrics); `None`: no freshness rule.
     pub max_age: Option<u64>,
+    /// The downstream mirrors pushed after a publish (`[mirror.NAME.downstream.*]`).
+    pub fanout: Fanout,
 }
 
 impl Mirror {
@@ -328,9 +335,18 @@ impl Config {
             None => None,
         };
 
+        let hub = raw.hub.map(|h| hub::hub(&src, h)).transpose()?;
         let mut mirrors = BTreeMap::new();
         for (name, m) in raw.mirror {
-            let mirror = mirror::validate_mirror(&src, &name, m, privilege)?;
+            let span = name.span();
+            let mirror = mirror::validate_mirror(&src, &name, m, privilege, &login_user)?;
+            if hub.is_none() && !mirror.fanout.downstreams.is_empty() {
+                return src.err(
+                    span,
+                    &format!("mirror.{}.downstream", mirror.name),
+                    "downstreams need a [hub] table with known_hosts (the downstreams' host keys)",
+                );
+            }
             mirrors.insert(mirror.name.clone(), mirror);
         }
 
@@ -354,6 +370,7 @@ impl Config {
             metrics_file,
             mirrors,
             keys,
+            hub,
         })
     }
 

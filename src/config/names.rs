@@ -21,6 +21,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "fix-perms",
     "rollback",
     "owner-rollback",
+    "push",
     "generate",
     "help",
 ];

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration::RawDuration;
+use super::hub::{RawDownstream, RawHub};
 use super::Privilege;
 use crate::error::{Error, Result};
 
@@ -26,6 +27,7 @@ pub(super) struct RawConfig {
     pub syslog: Option<RawSyslog>,
     pub history_size: Option<Spanned<i64>>,
     pub metrics_file: Option<Spanned<String>>,
+    pub hub: Option<RawHub>,
     #[serde(default)]
     pub mirror: BTreeMap<Spanned<String>, RawMirror>,
     #[serde(default)]
@@ -68,6 +70,11 @@ pub(super) struct RawMirror {
     pub checksum_files: Option<Vec<Spanned<String>>>,
     pub verify_signature: Option<RawSignature>,
     pub max_age: Option<Spanned<RawDuration>>,
+    pub cascade: Option<Spanned<String>>,
+    pub require: Option<Spanned<u64>>,
+    pub push_delay: Option<Spanned<RawDuration>>,
+    #[serde(default)]
+    pub downstream: BTreeMap<Spanned<String>, RawDownstream>,
 }
 
 #[derive(Deserialize)]

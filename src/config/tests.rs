@@ -1268,3 +1268,126 @@ fn max_age_is_a_duration_of_at_least_a_minute_and_unset_by_default() {
         "mirror.m.max_age: want seconds",
     );
 }
+
+// ---- a hub's downstreams
+
+/// A push key file with `mode`, owned by whoever runs the tests.
+fn push_key(dir: &Path, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("key");
+    std::fs::write(&p, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p.display().to_string()
+}
+
+/// [`mirror`] with a `[hub]` (lines 7-8) and one downstream `d1` (line 9 on).
+fn hub(ds_lines: &str) -> String {
+    mirror(&format!(
+        "[hub]\nknown_hosts = \"/etc/syncgate/known_hosts\"\n[mirror.m.downstream.d1]\n{ds_lines}"
+    ))
+}
+
+#[test]
+fn downstreams_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = push_key(dir.path(), 0o600);
+    let ok_ds = format!("host = \"cache1.example.org\"\nuser = \"archvsync\"\nkey = \"{key}\"\n");
+    let cfg = ok(&hub(&format!(
+        "{ok_ds}port = 2201\nmode = \"staged\"\nkind = \"ftpsync\"\ntimeout = \"5m\"\n"
+    )));
+    let m = the_mirror(&cfg);
+    let d = &m.fanout.downstreams[0];
+    assert_eq!(
+        (d.name.as_str(), d.host.as_str(), d.port),
+        ("d1", "cache1.example.org", 2201)
+    );
+    assert_eq!(
+        (d.mode, d.kind, d.timeout),
+        (PushMode::Staged, DownstreamKind::Ftpsync, 300)
+    );
+    assert_eq!(d.archive, "m", "archive defaults to the mirror's name");
+    assert_eq!(m.fanout.cascade, Cascade::Detach);
+    assert_eq!(cfg.hub.as_ref().unwrap().max_parallel, 8);
+    // IPv4 and IPv6 addresses are hosts too.
+    ok(&hub(&ok_ds.replace("cache1.example.org", "127.0.0.1")));
+    ok(&hub(&ok_ds.replace("cache1.example.org", "::1")));
+
+    refused(
+        &hub(&format!("{ok_ds}colour = \"red\"\n")),
+        13,
+        "unknown field `colour`",
+    );
+    refused(
+        &hub(&ok_ds.replace("cache1.example.org", "-oProxyCommand=x")),
+        10,
+        "mirror.m.downstream.d1.host: \"-oProxyCommand=x\" is not a host name or an IP address",
+    );
+    refused(
+        &hub(&format!("{ok_ds}mode = \"fast\"\n")),
+        13,
+        "mirror.m.downstream.d1.mode: \"fast\" is not one of: all, staged, mhop",
+    );
+    refused(
+        &hub(&format!("{ok_ds}archive = \"../x\"\n")),
+        13,
+        "mirror.m.downstream.d1.archive: ",
+    );
+    refused(
+        &hub(&format!("{ok_ds}port = 0\n")),
+        13,
+        "mirror.m.downstream.d1.port: must be between 1 and 65535",
+    );
+}
+
+#[test]
+fn a_push_key_must_be_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = push_key(dir.path(), 0o640);
+    let text = hub(&format!("host = \"h\"\nuser = \"u\"\nkey = \"{key}\"\n"));
+    refused(&text, 12, "mirror.m.downstream.d1.key: ");
+    assert!(err(&text).contains("fix: chmod 0600"), "{}", err(&text));
+    let missing = hub("host = \"h\"\nuser = \"u\"\nkey = \"/nonexistent/key\"\n");
+    refused(
+        &missing,
+        12,
+        "mirror.m.downstream.d1.key: cannot use the push key /nonexistent/key",
+    );
+}
+
+#[test]
+fn downstreams_need_a_hub_and_require_needs_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = push_key(dir.path(), 0o600);
+    let no_hub = mirror(&format!(
+        "[mirror.m.downstream.d1]\nhost = \"h\"\nuser = \"u\"\nkey = \"{key}\"\n"
+    ));
+    refused(
+        &no_hub,
+        2,
+        "mirror.m.downstream: downstreams need a [hub] table",
+    );
+    let ds = format!("host = \"h\"\nuser = \"u\"\nkey = \"{key}\"\n");
+    let with = |top: &str| {
+        mirror(&format!(
+            "{top}[hub]\nknown_hosts = \"/etc/syncgate/known_hosts\"\n[mirror.m.downstream.d1]\n{ds}"
+        ))
+    };
+    refused(
+        &with("require = 1\n"),
+        7,
+        "mirror.m.require: needs cascade = \"wait\"",
+    );
+    refused(
+        &with("cascade = \"wait\"\nrequire = 2\n"),
+        8,
+        "mirror.m.require: 2 is more than the 1 downstreams configured",
+    );
+    let cfg = ok(&with(
+        "cascade = \"wait\"\nrequire = 1\npush_delay = \"2m\"\n",
+    ));
+    let f = &the_mirror(&cfg).fanout;
+    assert_eq!(
+        (f.cascade, f.require, f.push_delay),
+        (Cascade::Wait, 1, 120)
+    );
+}

@@ -169,6 +169,7 @@ fn serve(config: &std::path::Path, key: &str, runmirrors: &mut bool) -> Result<(
     if matches!(parsed, request::Request::Sync { push: Some(_), .. }) {
         note_push(&cfg.state_dir, key);
     }
+    let mhop = matches!(&parsed, request::Request::Sync { push: Some(p), .. } if p.mhop);
     let action = policy::authorize(&parsed, &pol, client.map(|c| c.0))
         .map_err(|r| refuse(&mut audit, &asked, &r, &pol, None))?;
     let recorded = audit.record(&asked.decision(Verdict::Allow {
@@ -197,6 +198,7 @@ fn serve(config: &std::path::Path, key: &str, runmirrors: &mut bool) -> Result<(
         Action::Sync { mirrors, stage } => {
             // The stage travels with the requester to the queue.
             req.stage = stage;
+            req.mhop = mhop;
             let via = Via { key, client };
             crate::runner::sync::sync(&cfg, &mirrors, &req, Some(via), &mut audit)
         }

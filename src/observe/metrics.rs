@@ -301,6 +301,8 @@ mod tests {
             freshness: "unknown",
             counts: Counts::default(),
             history_warning: None,
+            downstreams: Vec::new(),
+            pushing: false,
         }
     }
 

@@ -22,6 +22,10 @@ pub struct MirrorState {
     /// Finished runs, oldest first.
     pub runs: Vec<RunRecord>,
     pub last_success: Option<u64>,
+    /// The newest successful run that published a change (a hub pushes
+    /// its downstreams until each has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<u64>,
     /// Cumulative counts (the metrics' counters): they only go up, and the
     /// runs the state file forgets stay counted.
     #[serde(default, skip_serializing_if = "Counts::is_empty")]
@@ -106,7 +110,6 @@ impl MirrorState {
     }
 
     pub fn push(&mut self, rec: RunRecord) {
-        let tracked = !self.counts.runs.is_empty();
         let before = self.failures_in_row();
         *self
             .counts
@@ -117,20 +120,32 @@ impl MirrorState {
         if rec.result == RunResult::Success {
             self.last_success = Some(rec.ended);
             self.counts.failures_in_row = 0;
+            if rec.stage.is_all() && rec.published_change() {
+                self.last_change = Some(rec.run);
+            }
         } else {
-            // A state file written before the counts were kept: start from
-            // what its runs show.
-            self.counts.failures_in_row = if tracked {
-                before
-            } else {
-                before.max(self.failures_in_row())
-            } + 1;
+            // `before` came from the runs when the state file predates the
+            // counts.
+            self.counts.failures_in_row = before + 1;
         }
         self.runs.push(rec);
         if self.runs.len() > HISTORY {
             let extra = self.runs.len() - HISTORY;
             self.runs.drain(..extra);
         }
+    }
+
+    /// The release a hub's downstreams should have: the newest run that
+    /// published a change, or (state written before that was kept) the
+    /// newest success.
+    pub fn release(&self) -> Option<u64> {
+        self.last_change.or_else(|| {
+            self.runs
+                .iter()
+                .rev()
+                .find(|r| r.result == RunResult::Success && r.stage.is_all())
+                .map(|r| r.run)
+        })
     }
 
     pub fn last_run(&self) -> Option<&RunRecord> {

@@ -89,8 +89,16 @@ pub fn sync(
             key_max: cfg.keys.get(v.key).and_then(|k| k.max_waiting),
         });
         let served = queue::serve(cfg, &sd, mirror, &req, caps, audit, run);
+        let pushed = served.as_ref().ok().cloned();
         worst = worst.worst(report(name, &req, via, served, audit));
+        // The metrics show the run at once, before any downstream push
+        // (which may wait for the downstreams' own syncs).
         crate::observe::after_request(cfg, audit);
+        if let Some(s) = pushed {
+            if let Some(e) = crate::hub::after_sync(cfg, mirror, &req, &s, audit) {
+                worst = worst.worst(e);
+            }
+        }
     }
     match worst {
         Exit::Ok => Ok(()),
@@ -147,9 +155,16 @@ pub fn rollback(
     let sd = StateDir::open(&cfg.state_dir)?;
     let run = |id| crate::runner::execute_rollback(cfg, mirror, id, to);
     let served = queue::serve_alone(cfg, &sd, mirror, req, audit, run);
-    let code = report(name, req, None, served, audit);
+    let pushed = served.as_ref().ok().cloned();
+    let mut worst = report(name, req, None, served, audit);
     crate::observe::after_request(cfg, audit);
-    match code {
+    // The release readers see changed: downstreams follow it.
+    if let Some(s) = pushed {
+        if let Some(e) = crate::hub::after_sync(cfg, mirror, req, &s, audit) {
+            worst = worst.worst(e);
+        }
+    }
+    match worst {
         Exit::Ok => Ok(()),
         worst => Err(Error::SyncFailed(worst)),
     }

@@ -6,6 +6,7 @@
 //! [`crate::runner::argv`], and a set of variants that must be refused.
 
 mod accounts;
+mod hub;
 pub mod keys;
 mod layout;
 mod programs;
@@ -107,6 +108,7 @@ pub fn check(cfg: &Config) -> Report {
     }
     check_audit(cfg, &mut r);
     check_pushers(cfg, &mut r);
+    hub::check_hub(cfg, &mut r);
     r
 }
 
