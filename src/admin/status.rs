@@ -157,23 +157,25 @@ pub fn freshness(max_age: Option<u64>, last_success_age: Option<u64>) -> &'stati
     }
 }
 
-/// When [`collect`] reads the kernel's lock table (for `running` and
-/// `waiting`).
+/// How much [`collect`] reads beyond the state files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Locks {
-    /// Always (`status`).
-    Always,
-    /// Only when some mirror has a run recorded as running (the metrics
-    /// file, written after every request). A read of /proc/locks can wait
-    /// for an RCU grace period, 5 to 15 ms on a busy machine; without a
-    /// run in progress nobody waits longer than a lock holder takes to
-    /// coalesce (milliseconds), so `waiting` is 0.
-    WhenRunning,
+pub enum Depth {
+    /// Everything (`status`, `--check`): the kernel's lock table and the
+    /// end of every history.
+    Full,
+    /// What a request can afford after it is served (the metrics file):
+    /// the lock table only while some mirror has a run in progress, and a
+    /// history only when its state file's 100 runs hold fewer than 20
+    /// successes. A read of /proc/locks can wait for an RCU grace period,
+    /// 5 to 15 ms on a busy machine; without a run in progress nobody
+    /// waits longer than a lock holder takes to coalesce (milliseconds),
+    /// so `waiting` is 0.
+    Quick,
 }
 
 /// Reads every mirror in `names`: state file, lock usage and the end of
 /// its history.
-pub fn collect(cfg: &Config, sd: &StateDir, names: &[String], locks: Locks) -> Result<StatusDoc> {
+pub fn collect(cfg: &Config, sd: &StateDir, names: &[String], depth: Depth) -> Result<StatusDoc> {
     let t = now();
     let mut mirrors = Vec::new();
     let mut states = Vec::new();
@@ -181,8 +183,7 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String], locks: Locks) -> R
         states.push(MirrorState::load(sd, name)?);
     }
     let any_running = states.iter().any(|l| l.state.running.is_some());
-    let mut table =
-        (locks == Locks::Always || any_running).then(crate::sys::proc_locks::Table::read);
+    let mut table = (depth == Depth::Full || any_running).then(crate::sys::proc_locks::Table::read);
     for (name, mut loaded) in names.iter().zip(states) {
         let mut usage = table
             .as_ref()
@@ -196,20 +197,25 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String], locks: Locks) -> R
         }
         let st = loaded.state;
         let kept: Vec<Timing> = st.runs.iter().map(Timing::from).collect();
-        let (mut recent, history_warning) = match history::read::<Timing>(sd, name, RECENT_BYTES) {
-            Ok(h) => (
-                h.runs,
-                (!h.warnings.is_empty()).then(|| h.warnings.join("; ")),
-            ),
-            Err(e) => (Vec::new(), Some(e.to_string())),
+        let enough = |runs: &[Timing]| {
+            runs.iter()
+                .filter(|r| r.result == RunResult::Success)
+                .count()
+                >= TYPICAL_OF
         };
-        let successes = recent
-            .iter()
-            .filter(|r| r.result == RunResult::Success)
-            .count();
-        if successes < TYPICAL_OF && kept.len() > recent.len() {
-            // Too little history (new, or mostly failures): the state
-            // file's runs reach further back.
+        let (mut recent, mut history_warning) = (Vec::new(), None);
+        if depth == Depth::Full || !enough(&kept) {
+            match history::read::<Timing>(sd, name, RECENT_BYTES) {
+                Ok(h) => {
+                    recent = h.runs;
+                    history_warning = (!h.warnings.is_empty()).then(|| h.warnings.join("; "));
+                }
+                Err(e) => history_warning = Some(e.to_string()),
+            }
+        }
+        if !enough(&recent) && kept.len() > recent.len() {
+            // Too little history (new, or mostly failures), or not read:
+            // the state file's runs reach further back.
             recent = kept;
         }
         let max_age = cfg.mirrors.get(name).and_then(|m| m.max_age);
@@ -270,7 +276,7 @@ pub enum TextTo {
 /// `status`: collects `names` and prints them as JSON (stdout) or as text.
 pub fn show(cfg: &Config, names: &[String], json: bool, text_to: TextTo) -> Result<()> {
     let sd = StateDir::open(&cfg.state_dir)?;
-    let doc = collect(cfg, &sd, names, Locks::Always)?;
+    let doc = collect(cfg, &sd, names, Depth::Full)?;
     // A reader that went away (`| head`, a client that left) is not an error.
     if json {
         let mut s = serde_json::to_string_pretty(&doc).expect("status serializes");
@@ -598,7 +604,7 @@ pub fn check(config: &std::path::Path, mirror: Option<&str>) -> Plugin {
             None => cfg.mirror_names(),
         };
         let sd = StateDir::open(&cfg.state_dir)?;
-        let doc = collect(&cfg, &sd, &names, Locks::Always)?;
+        let doc = collect(&cfg, &sd, &names, Depth::Full)?;
         Ok(check_line(&cfg, &doc))
     };
     let (p, line) = match run() {

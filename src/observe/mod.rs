@@ -75,7 +75,7 @@ pub fn after_request(cfg: &Config, audit: &mut Audit) {
     let read = || -> Result<(Flock<std::fs::File>, StatusDoc)> {
         let sd = StateDir::open(&cfg.state_dir)?;
         let held = lock(&sd)?;
-        let doc = status::collect(cfg, &sd, &cfg.mirror_names(), status::Locks::WhenRunning)?;
+        let doc = status::collect(cfg, &sd, &cfg.mirror_names(), status::Depth::Quick)?;
         Ok((held, doc))
     };
     let (_held, doc) = match read() {
