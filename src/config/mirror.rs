@@ -156,6 +156,7 @@ pub(super) fn validate_mirror(
         busy_marker,
         busy_wait: secs(&m.busy_wait, "busy_wait", 3600)?,
         publish,
+        max_age: super::duration::secs(src, &m.max_age, &key("max_age"), 60, None)?,
         fanout,
     })
 }

@@ -119,6 +119,10 @@ pub struct Config {
     /// `index.html` and `status.json` into ([`crate::observe::page`]).
     pub status_page: Option<PathBuf>,
     pub syslog: SyslogConfig,
+    /// Bytes `MIRROR.history.jsonl` may reach before it is rotated.
+    pub history_size: u64,
+    /// Where the Prometheus metrics file is written after every request.
+    pub metrics_file: Option<PathBuf>,
     pub mirrors: BTreeMap<String, Mirror>,
     pub keys: BTreeMap<String, KeyConfig>,
     /// How this host pushes downstream mirrors (`[hub]`); required when a
@@ -171,6 +175,9 @@ pub struct Mirror {
     pub busy_wait: u64,
     /// How changes go live (`publish`, `keep`, `verify`, …).
     pub publish: Publish,
+    /// Seconds after the last success at which the mirror is stale
+    /// (`status`, `status --check`, metrics); `None`: no freshness rule.
+    pub max_age: Option<u64>,
     /// The downstream mirrors pushed after a publish (`[mirror.NAME.downstream.*]`).
     pub fanout: Fanout,
 }
@@ -312,6 +319,25 @@ impl Config {
         let audit_required = raw.audit_required.unwrap_or(true);
         let status_page = status_page(&src, raw.status_page)?;
         let syslog = syslog(&src, raw.syslog, &state_dir)?;
+        let history_size = history_size(&src, raw.history_size)?;
+        let metrics_file = match raw.metrics_file {
+            Some(m) => {
+                let p = PathBuf::from(m.get_ref());
+                if !is_clean_absolute(&p) || p.parent().is_none() || !paths::no_control(m.get_ref())
+                {
+                    return src.err(
+                        m.span(),
+                        "metrics_file",
+                        format!(
+                            "must be an absolute file path without '..': {:?}",
+                            m.get_ref()
+                        ),
+                    );
+                }
+                Some(p)
+            }
+            None => None,
+        };
 
         let hub = raw.hub.map(|h| hub::hub(&src, h)).transpose()?;
         let mut mirrors = BTreeMap::new();
@@ -345,6 +371,8 @@ impl Config {
             audit_required,
             status_page,
             syslog,
+            history_size,
+            metrics_file,
             mirrors,
             keys,
             hub,
@@ -363,6 +391,26 @@ impl Config {
 
     pub fn mirror_names(&self) -> Vec<String> {
         self.mirrors.keys().cloned().collect()
+    }
+}
+
+/// `history_size` unless set: 1 MiB, some 2,500 runs.
+pub const DEFAULT_HISTORY_SIZE: u64 = 1 << 20;
+/// The smallest `history_size`: room for a few runs.
+pub const MIN_HISTORY_SIZE: u64 = 4096;
+
+/// `history_size`: bytes, at least [`MIN_HISTORY_SIZE`].
+fn history_size(src: &Source, raw: Option<Spanned<i64>>) -> Result<u64> {
+    match raw {
+        None => Ok(DEFAULT_HISTORY_SIZE),
+        Some(v) => match u64::try_from(*v.get_ref()) {
+            Ok(n) if n >= MIN_HISTORY_SIZE => Ok(n),
+            _ => src.err(
+                v.span(),
+                "history_size",
+                format!("must be a number of bytes, at least {MIN_HISTORY_SIZE} (default {DEFAULT_HISTORY_SIZE})"),
+            ),
+        },
     }
 }
 

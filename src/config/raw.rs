@@ -26,6 +26,8 @@ pub(super) struct RawConfig {
     pub audit_required: Option<bool>,
     pub status_page: Option<Spanned<String>>,
     pub syslog: Option<RawSyslog>,
+    pub history_size: Option<Spanned<i64>>,
+    pub metrics_file: Option<Spanned<String>>,
     pub hub: Option<RawHub>,
     #[serde(default)]
     pub mirror: BTreeMap<Spanned<String>, RawMirror>,
@@ -68,6 +70,7 @@ pub(super) struct RawMirror {
     pub verify: Option<Spanned<String>>,
     pub checksum_files: Option<Vec<Spanned<String>>>,
     pub verify_signature: Option<RawSignature>,
+    pub max_age: Option<Spanned<RawDuration>>,
     pub cascade: Option<Spanned<String>>,
     pub require: Option<Spanned<u64>>,
     pub push_delay: Option<Spanned<RawDuration>>,

@@ -25,9 +25,7 @@ use std::path::Path;
 use nix::libc;
 
 use crate::admin::status::{self, MirrorStatus, StatusDoc};
-use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
-use crate::queue::statedir::StateDir;
 use crate::run::{RunRecord, RunResult};
 use crate::sys::progress::{human_bytes, human_secs};
 use crate::sys::timefmt::iso;
@@ -39,17 +37,12 @@ pub const JSON: &str = "status.json";
 /// How many of a mirror's last runs the chart shows.
 pub const CHART_RUNS: usize = 30;
 
-/// Writes `index.html` and `status.json` into `status_page`, if the config
-/// names one. Reads every mirror's state itself.
-pub fn write(cfg: &Config) -> Result<()> {
-    let Some(dir) = &cfg.status_page else {
-        return Ok(());
-    };
+/// Writes `index.html` and `status.json` of `doc` into `dir` (the
+/// config's `status_page`).
+pub fn write(dir: &Path, doc: &StatusDoc) -> Result<()> {
     check_dir(dir)?;
-    let sd = StateDir::open(&cfg.state_dir)?;
-    let doc = status::collect(cfg, &sd, &cfg.mirror_names())?;
-    replace(dir, JSON, status::to_json(&doc).as_bytes())?;
-    replace(dir, HTML, render(&doc).as_bytes())
+    replace(dir, JSON, status::to_json(doc).as_bytes())?;
+    replace(dir, HTML, render(doc).as_bytes())
 }
 
 fn check_dir(dir: &Path) -> Result<()> {
@@ -439,6 +432,12 @@ mod tests {
             last_success_age: None,
             snapshot: None,
             warning: None,
+            failures_in_row: 0,
+            typical_duration: None,
+            max_age: None,
+            freshness: "unknown",
+            counts: Default::default(),
+            history_warning: None,
             downstreams: Vec::new(),
             pushing: false,
             runs: runs.to_vec(),

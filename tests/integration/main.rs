@@ -20,6 +20,7 @@ mod harness;
 mod hostile;
 mod hub;
 mod load;
+mod observe;
 mod page;
 mod privilege;
 mod progress;

@@ -22,6 +22,10 @@ pub struct Config {
     pub status_page: Option<PathBuf>,
     pub syslog_socket: PathBuf,
     pub syslog_facility: Option<String>,
+    /// `metrics_file = "…"` (unset: no metrics file).
+    pub metrics_file: Option<PathBuf>,
+    /// `history_size = N` bytes (unset: syncgate's default, 1 MiB).
+    pub history_size: Option<u64>,
     pub mirrors: Vec<Mirror>,
     pub keys: Vec<Key>,
     /// `[hub]` (needed once a mirror has a downstream).
@@ -101,6 +105,8 @@ pub struct Opts {
     pub push_delay: Option<u64>,
     /// `[mirror.NAME.downstream.LABEL]` tables.
     pub downstreams: Vec<DownstreamTable>,
+    /// `max_age = "…"`: a duration (`"2h"`, `60`).
+    pub max_age: Option<&'static str>,
 }
 
 /// The `verify_signature` table.
@@ -164,6 +170,11 @@ impl Opts {
     }
     pub fn profile(mut self, p: &'static str) -> Opts {
         self.profile = Some(p);
+        self
+    }
+    /// `max_age = DURATION` (`"2h"`, `"60"`).
+    pub fn max_age(mut self, d: &'static str) -> Opts {
+        self.max_age = Some(d);
         self
     }
     pub fn busy_wait(mut self, secs: u64) -> Opts {
@@ -288,6 +299,12 @@ impl Config {
         if let Some(p) = &self.status_page {
             writeln!(t, "status_page = {}", quoted(p.display())).unwrap();
         }
+        if let Some(m) = &self.metrics_file {
+            writeln!(t, "metrics_file = {}", quoted(m.display())).unwrap();
+        }
+        if let Some(n) = self.history_size {
+            writeln!(t, "history_size = {n}").unwrap();
+        }
         writeln!(t, "heartbeat = {}\n", self.heartbeat).unwrap();
         writeln!(
             t,
@@ -375,6 +392,7 @@ impl Mirror {
             ("profile", o.profile),
             ("verify", o.verify),
             ("cascade", o.cascade),
+            ("max_age", o.max_age),
         ];
         for (key, value) in words {
             if let Some(v) = value {

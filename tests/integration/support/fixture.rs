@@ -70,6 +70,8 @@ impl Fixture {
             status_page: None,
             syslog_socket: dir.path().join("no-syslog"),
             syslog_facility: None,
+            metrics_file: None,
+            history_size: None,
             mirrors: vec![Mirror {
                 name: M.into(),
                 upstream: upstream.display().to_string(),

@@ -502,6 +502,8 @@ impl Site {
             syslog_socket: log.path().to_path_buf(),
             syslog_facility: Some("authpriv".into()),
             status_page: None,
+            metrics_file: None,
+            history_size: None,
             mirrors: vec![Mirror {
                 name: ISO.into(),
                 upstream: upstream.into(),

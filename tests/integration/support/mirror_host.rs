@@ -136,6 +136,8 @@ impl MirrorHost {
             status_page: None,
             syslog_socket: log.path().to_path_buf(),
             syslog_facility: Some("authpriv".into()),
+            metrics_file: None,
+            history_size: None,
             mirrors: mirrors
                 .iter()
                 .map(|(name, o)| mirror(&upstream, &srv, name, o.clone()))
