@@ -75,6 +75,10 @@ pub struct MirrorStatus {
     /// A hub's downstream mirrors and how their last push went.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub downstreams: Vec<DownstreamStatus>,
+    /// A hub: the run id of its newest release (what every downstream
+    /// should have).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<u64>,
     /// A hub: a push of this mirror is under way (its push lock is held).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub pushing: bool,
@@ -229,6 +233,11 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String], depth: Depth) -> R
             (Some(_), false) => "stale",
             (None, _) => "idle",
         };
+        let release = cfg
+            .mirror(name)
+            .is_ok_and(|m| !m.fanout.downstreams.is_empty())
+            .then(|| st.release())
+            .flatten();
         mirrors.push(MirrorStatus {
             name: name.clone(),
             state,
@@ -250,6 +259,7 @@ pub fn collect(cfg: &Config, sd: &StateDir, names: &[String], depth: Depth) -> R
             running: st.running,
             warning: loaded.warning,
             downstreams: downstreams(cfg, sd, name, t),
+            release,
             pushing: {
                 let lock = crate::hub::push_lock_path(sd, name);
                 // Only a hub's mirror has a push lock file to look up.
@@ -683,6 +693,7 @@ mod tests {
             counts: Counts::default(),
             history_warning: None,
             downstreams: Vec::new(),
+            release: None,
             pushing: false,
             runs: Vec::new(),
         }

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use crate::admin::status::{MirrorStatus, StatusDoc};
 use crate::error::{Error, IoContext, Result};
+use crate::hub::state::PushResult;
 use crate::run::RunResult;
 
 /// Every run result, as the `result` label says it.
@@ -146,6 +147,12 @@ fn declare_mirror_families(x: &mut Exposition) {
         ("syncgate_live_snapshot_info", Gauge, "The mirror's live snapshot (snapshot publishing), as a label."),
         ("syncgate_max_age_seconds", Gauge, "The mirror's max_age: its last success may be this old."),
         ("syncgate_fresh", Gauge, "1 when the mirror's last success is within max_age, 0 when it is older or there is none."),
+        ("syncgate_pushing", Gauge, "1 while a push of the mirror to its downstreams is under way (a hub)."),
+        ("syncgate_downstream_last_push_result", Gauge, "1 for the result of the last push to the downstream, 0 for the others."),
+        ("syncgate_downstream_last_push_end_timestamp_seconds", Gauge, "When the last push to the downstream ended (Unix time)."),
+        ("syncgate_downstream_last_push_duration_seconds", Gauge, "How long the last push to the downstream took."),
+        ("syncgate_downstream_release", Gauge, "The hub's run id whose release the downstream last got in full."),
+        ("syncgate_release", Gauge, "The hub's run id of its newest release (what its downstreams should have)."),
     ];
     for (name, kind, help) in families {
         x.declare(name, *kind, help);
@@ -225,7 +232,59 @@ pub fn mirror_samples(x: &mut Exposition, m: &MirrorStatus) {
         let fresh = if m.freshness == "fresh" { 1.0 } else { 0.0 };
         x.sample("syncgate_fresh", &l, fresh);
     }
+    downstream_samples(x, m);
 }
+
+/// A hub's samples: one set per downstream.
+fn downstream_samples(x: &mut Exposition, m: &MirrorStatus) {
+    if m.downstreams.is_empty() {
+        return;
+    }
+    let l = [("mirror", m.name.as_str())];
+    x.sample("syncgate_pushing", &l, if m.pushing { 1.0 } else { 0.0 });
+    if let Some(r) = m.release {
+        x.sample("syncgate_release", &l, r as f64);
+    }
+    for d in &m.downstreams {
+        let dl = [("mirror", m.name.as_str()), ("downstream", d.name.as_str())];
+        if let Some(p) = &d.last_push {
+            for res in PUSH_RESULTS {
+                let v = if p.result == res { 1.0 } else { 0.0 };
+                x.sample(
+                    "syncgate_downstream_last_push_result",
+                    &[
+                        ("mirror", m.name.as_str()),
+                        ("downstream", d.name.as_str()),
+                        ("result", res.as_str()),
+                    ],
+                    v,
+                );
+            }
+            x.sample(
+                "syncgate_downstream_last_push_end_timestamp_seconds",
+                &dl,
+                p.ended as f64,
+            );
+            x.sample(
+                "syncgate_downstream_last_push_duration_seconds",
+                &dl,
+                p.ended.saturating_sub(p.started) as f64,
+            );
+        }
+        if let Some(r) = d.release {
+            x.sample("syncgate_downstream_release", &dl, r as f64);
+        }
+    }
+}
+
+/// Every push result, as the `result` label says it.
+pub const PUSH_RESULTS: [PushResult; 5] = [
+    PushResult::Success,
+    PushResult::Triggered,
+    PushResult::Failed,
+    PushResult::Timeout,
+    PushResult::Aborted,
+];
 
 /// The whole metrics file for `doc`.
 pub fn render(doc: &StatusDoc) -> String {
@@ -302,6 +361,7 @@ mod tests {
             counts: Counts::default(),
             history_warning: None,
             downstreams: Vec::new(),
+            release: None,
             pushing: false,
             runs: Vec::new(),
         }
@@ -390,6 +450,58 @@ mod tests {
                 "syncgate_requests_total{mirror=\"debian-cd\"} 9",
                 "syncgate_requests_total{mirror=\"b\"} 0"
             ]
+        );
+    }
+
+    #[test]
+    fn a_hub_has_one_set_of_samples_per_downstream() {
+        use crate::admin::status::DownstreamStatus;
+        use crate::hub::state::{PushRecord, PushResult};
+        assert!(!render(&doc(vec![mirror("iso")])).contains("downstream"));
+        let mut m = mirror("iso");
+        m.release = Some(9);
+        m.pushing = true;
+        let ds = |name: &str, push: Option<PushRecord>, release| DownstreamStatus {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port: 22,
+            mode: "all",
+            kind: "syncgate",
+            age: None,
+            last_push: push,
+            release,
+        };
+        m.downstreams = vec![
+            ds(
+                "cache1",
+                Some(PushRecord {
+                    run: 9,
+                    stage: "all".into(),
+                    started: 100,
+                    ended: 103,
+                    result: PushResult::Timeout,
+                    exit: None,
+                    message: String::new(),
+                }),
+                Some(8),
+            ),
+            ds("new", None, None),
+        ];
+        let text = render(&doc(vec![m]));
+        for want in [
+            "syncgate_pushing{mirror=\"iso\"} 1\n",
+            "syncgate_release{mirror=\"iso\"} 9\n",
+            "syncgate_downstream_last_push_result{mirror=\"iso\",downstream=\"cache1\",result=\"timeout\"} 1\n",
+            "syncgate_downstream_last_push_result{mirror=\"iso\",downstream=\"cache1\",result=\"success\"} 0\n",
+            "syncgate_downstream_last_push_end_timestamp_seconds{mirror=\"iso\",downstream=\"cache1\"} 103\n",
+            "syncgate_downstream_last_push_duration_seconds{mirror=\"iso\",downstream=\"cache1\"} 3\n",
+            "syncgate_downstream_release{mirror=\"iso\",downstream=\"cache1\"} 8\n",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        assert!(
+            !text.contains("downstream=\"new\""),
+            "never pushed: no samples\n{text}"
         );
     }
 

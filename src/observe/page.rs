@@ -439,6 +439,7 @@ mod tests {
             counts: Default::default(),
             history_warning: None,
             downstreams: Vec::new(),
+            release: None,
             pushing: false,
             runs: runs.to_vec(),
         }
