@@ -9,6 +9,11 @@ use std::path::PathBuf;
 
 /// syncgate's exit codes (sysexits where one fits). `--help`, syncgate(1)
 /// and the README table are all made from, or checked against, this list.
+///
+/// One command exits otherwise: `status --check` is a monitoring plugin and
+/// exits 0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN
+/// ([`crate::admin::status::Plugin`]), handled in [`crate::run()`] before any
+/// of these codes applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(into = "u8", try_from = "u8")]
 #[repr(u8)]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod gate;
 pub mod hub;
+pub mod observe;
 pub mod owner;
 pub mod queue;
 pub mod run;
@@ -38,6 +39,16 @@ pub fn run() -> ExitCode {
             .into();
         }
     };
+    // The one command whose exit status is not syncgate's own: a
+    // monitoring plugin's (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
+    if let cli::Command::Status {
+        mirror,
+        check: true,
+        ..
+    } = &cli.command
+    {
+        return ExitCode::from(admin::status::check(cli.config_path(), mirror.as_deref()).code());
+    }
     match cli::commands::dispatch(&cli) {
         Ok(()) => Exit::Ok.into(),
         Err(e) => {

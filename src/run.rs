@@ -178,6 +178,10 @@ pub struct Outcome {
     pub bytes: u64,
     pub files: u64,
     pub deleted: u64,
+    /// The size in bytes of the tree the run listed upstream (rsync's
+    /// "Total file size"), when it listed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// With snapshot publishing: which snapshot is live and which are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshots>,
@@ -216,6 +220,7 @@ impl Outcome {
             bytes,
             files,
             deleted,
+            size: None,
             snapshot: None,
             shortcut: false,
         }
@@ -231,6 +236,7 @@ impl Outcome {
             bytes: 0,
             files: 0,
             deleted: 0,
+            size: None,
             snapshot: None,
             shortcut: false,
         }
@@ -239,8 +245,11 @@ impl Outcome {
 
 /// A finished run: the [`Running`] entry it was, when it ended, its
 /// [`Outcome`] (flattened: the state file keeps one flat object per run),
-/// and how many requests it served.
+/// and how many requests it served. Read through [`FlatRecord`]: serde's
+/// `flatten` buffers every field of every run, which made reading a state
+/// file of 100 runs take half a millisecond.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "FlatRecord")]
 pub struct RunRecord {
     pub run: u64,
     pub trigger: Trigger,
@@ -255,6 +264,61 @@ pub struct RunRecord {
     /// What the run did: stage 1 only, or everything.
     #[serde(default, skip_serializing_if = "Stage::is_all")]
     pub stage: Stage,
+}
+
+/// A [`RunRecord`] as the state file and the history keep it: one flat
+/// object (the same fields, in the same order, as it is written).
+#[derive(Deserialize)]
+struct FlatRecord {
+    run: u64,
+    trigger: Trigger,
+    request: String,
+    requester: String,
+    started: u64,
+    ended: u64,
+    result: RunResult,
+    exit_code: Exit,
+    rsync_exit: Option<i32>,
+    message: String,
+    bytes: u64,
+    files: u64,
+    deleted: u64,
+    #[serde(default)]
+    snapshot: Option<Snapshots>,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    shortcut: bool,
+    served: u64,
+    #[serde(default)]
+    stage: Stage,
+}
+
+impl From<FlatRecord> for RunRecord {
+    fn from(f: FlatRecord) -> RunRecord {
+        RunRecord {
+            run: f.run,
+            trigger: f.trigger,
+            request: f.request,
+            requester: f.requester,
+            started: f.started,
+            ended: f.ended,
+            outcome: Outcome {
+                result: f.result,
+                exit_code: f.exit_code,
+                rsync_exit: f.rsync_exit,
+                message: f.message,
+                bytes: f.bytes,
+                files: f.files,
+                deleted: f.deleted,
+                snapshot: f.snapshot,
+                size: f.size,
+                shortcut: f.shortcut,
+            },
+            served: f.served,
+            stage: f.stage,
+        }
+    }
 }
 
 impl RunRecord {
@@ -304,4 +368,40 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of a record survives a write and a read: a field added
+    /// to [`Outcome`] or [`RunRecord`] but not to [`FlatRecord`] fails here.
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let rec = RunRecord {
+            run: 7,
+            trigger: Trigger::Ssh,
+            request: "r1-2".into(),
+            requester: "key=jenkins".into(),
+            started: 10,
+            ended: 20,
+            outcome: Outcome {
+                snapshot: Some(Snapshots {
+                    live: "b".into(),
+                    kept: vec!["a".into(), "b".into()],
+                    switched: true,
+                }),
+                size: Some(12345),
+                ..Outcome::success("done".into(), Some(0), 1, 2, 3)
+            },
+            served: 4,
+            stage: Stage::Stage1,
+        };
+        let json = serde_json::to_value(&rec).unwrap();
+        let back: RunRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        for key in json.as_object().unwrap().keys() {
+            assert!(!json[key].is_null(), "{key} is set in this test");
+        }
+    }
 }

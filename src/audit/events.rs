@@ -129,6 +129,32 @@ impl Event for StateCorrupt<'_> {
     }
 }
 
+/// `event=observe-failed`: the run history or the metrics file could not
+/// be written (the run itself stands).
+pub struct ObserveFailed<'a> {
+    /// The mirror whose run it was (`None` for the metrics file, which
+    /// covers every mirror).
+    pub mirror: Option<&'a str>,
+    /// `history` or `metrics`.
+    pub what: &'a str,
+    pub detail: &'a str,
+}
+
+impl Event for ObserveFailed<'_> {
+    fn level(&self) -> Level {
+        Level::Warning
+    }
+
+    fn line(&self) -> Line {
+        let mut l = Line::new("observe-failed");
+        if let Some(m) = self.mirror {
+            l.kv("mirror", m);
+        }
+        l.kv("what", self.what).kv("detail", self.detail);
+        l
+    }
+}
+
 /// `event=run-died`: the lock holder found a run whose process vanished.
 pub struct RunDied<'a> {
     pub mirror: &'a str,

@@ -32,7 +32,20 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             trigger,
             full,
         } => cmd_sync(config, mirrors, *all, *trigger, *full),
-        Command::Status { mirror, json } => cmd_status(config, mirror.as_deref(), *json),
+        Command::Status {
+            mirror,
+            json,
+            check: false,
+        } => cmd_status(config, mirror.as_deref(), *json),
+        // Handled before dispatch (its exit status is a plugin's).
+        Command::Status { mirror, .. } => {
+            let p = status::check(config, mirror.as_deref());
+            match p.code() {
+                0 => Ok(()),
+                _ => Err(Error::Reported(Exit::SyncFailed)),
+            }
+        }
+        Command::History { mirror, json, n } => cmd_history(config, mirror.as_deref(), *json, *n),
         Command::Sudoers { install } => cmd_sudoers(config, *install),
         Command::Check => cmd_check(config),
         Command::Transfer { mirror, full } => cmd_transfer(config, mirror, Stage::All, *full),
@@ -135,6 +148,84 @@ fn cmd_status(config: &Path, mirror: Option<&str>, json: bool) -> Result<()> {
         None => cfg.mirror_names(),
     };
     status::show(&cfg, &names, json, TextTo::Stdout)
+}
+
+/// `syncgate history [MIRROR] [--json] [-n N]`: the last `n` finished runs
+/// (0: all kept), of one mirror or of all of them merged by start time,
+/// newest last. A mirror without a history file yet shows the runs its
+/// state file keeps.
+fn cmd_history(config: &Path, mirror: Option<&str>, json: bool, n: usize) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let names = match mirror {
+        Some(m) => vec![cfg.mirror(m)?.name.clone()],
+        None => cfg.mirror_names(),
+    };
+    let sd = crate::queue::statedir::StateDir::open(&cfg.state_dir)?;
+    let keep = if n == 0 { usize::MAX } else { n };
+    let mut all = Vec::new();
+    for name in &names {
+        let read = crate::queue::history::last(&sd, name, keep, 2 * cfg.history_size)?;
+        for w in &read.warnings {
+            progress::say(&format!("warning: {w}"));
+        }
+        if read.runs.is_empty() {
+            let st = crate::queue::state::MirrorState::load(&sd, name)?.state;
+            let skip = st.runs.len().saturating_sub(keep);
+            all.extend(
+                st.runs
+                    .into_iter()
+                    .skip(skip)
+                    .map(|record| crate::queue::history::Entry {
+                        mirror: name.clone(),
+                        record,
+                    }),
+            );
+        } else {
+            all.extend(read.runs);
+        }
+    }
+    all.sort_by_key(|e| (e.record.started, e.record.run));
+    let skip = all.len().saturating_sub(keep);
+    let mut text = String::new();
+    for e in all.iter().skip(skip) {
+        if json {
+            text.push_str(&serde_json::to_string(e).expect("a run record serializes"));
+        } else {
+            text.push_str(&history_line(e));
+        }
+        text.push('\n');
+    }
+    if all.is_empty() && !json {
+        progress::say("no runs recorded yet");
+    }
+    out(&text);
+    Ok(())
+}
+
+/// One run for people: start, mirror, run, result, duration, trigger and
+/// requester, what it moved, and its message.
+fn history_line(e: &crate::queue::history::Entry) -> String {
+    let r = &e.record;
+    let mut line = format!(
+        "{}  {}  #{}  {}  {}  {} {}  {} files, {}, {} deleted",
+        crate::sys::timefmt::iso(r.started),
+        e.mirror,
+        r.run,
+        r.result.as_str(),
+        progress::human_secs(r.ended.saturating_sub(r.started)),
+        r.trigger,
+        r.requester,
+        r.files,
+        progress::human_bytes(r.bytes),
+        r.deleted
+    );
+    if r.served > 1 {
+        line.push_str(&format!(", served {}", r.served));
+    }
+    if !r.message.is_empty() {
+        line.push_str(&format!(": {}", r.message.replace(['\n', '\r'], " ")));
+    }
+    line
 }
 
 /// `syncgate sudoers [--install]`.

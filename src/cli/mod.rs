@@ -54,13 +54,30 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Show each mirror: idle or running, waiting requests, last run, last success.
+    /// Show each mirror: idle or running, waiting requests, last run, last
+    /// success, freshness (max_age), failures in a row, typical duration.
     Status {
         /// Only this mirror.
         mirror: Option<String>,
         /// Machine-readable output (stable; see README "Monitoring").
+        #[arg(long, conflicts_with = "check")]
+        json: bool,
+        /// Nagios/Icinga plugin: one line with perfdata; exits 0 OK,
+        /// 1 WARNING, 2 CRITICAL, 3 UNKNOWN (not syncgate's exit codes).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Show the mirrors' finished runs, newest last (from
+    /// STATE_DIR/MIRROR.history.jsonl).
+    History {
+        /// Only this mirror.
+        mirror: Option<String>,
+        /// One JSON object per line, as stored (stable; see README "Monitoring").
         #[arg(long)]
         json: bool,
+        /// The last N runs (0: all that are kept).
+        #[arg(short = 'n', value_name = "N", default_value_t = 20)]
+        n: usize,
     },
     /// The SSH forced command: serve SSH_ORIGINAL_COMMAND for key NAME.
     ///

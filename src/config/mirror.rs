@@ -173,6 +173,7 @@ pub(super) fn validate_mirror(
         publish,
         full_every: secs(&m.full_every, "full_every", DEFAULT_FULL_EVERY)?,
         change_marker,
+        max_age: super::duration::secs(src, &m.max_age, &key("max_age"), 60, None)?,
         fanout,
     })
 }

@@ -122,7 +122,14 @@ pub struct Config {
     /// Refuse an SSH sync when its decision line could be recorded neither
     /// in syslog nor in the fallback file (default true).
     pub audit_required: bool,
+    /// `status_page`: the directory each served request writes
+    /// `index.html` and `status.json` into ([`crate::observe::page`]).
+    pub status_page: Option<PathBuf>,
     pub syslog: SyslogConfig,
+    /// Bytes `MIRROR.history.jsonl` may reach before it is rotated.
+    pub history_size: u64,
+    /// Where the Prometheus metrics file is written after every request.
+    pub metrics_file: Option<PathBuf>,
     pub mirrors: BTreeMap<String, Mirror>,
     pub keys: BTreeMap<String, KeyConfig>,
     /// How this host pushes downstream mirrors (`[hub]`); required when a
@@ -182,6 +189,9 @@ pub struct Mirror {
     pub change_marker: Option<String>,
     /// Seconds between full walks when a change marker is set (`full_every`).
     pub full_every: u64,
+    /// Seconds after the last success at which the mirror is stale
+    /// (`status`, `status --check`, metrics); `None`: no freshness rule.
+    pub max_age: Option<u64>,
     /// The downstream mirrors pushed after a publish (`[mirror.NAME.downstream.*]`).
     pub fanout: Fanout,
 }
@@ -321,7 +331,27 @@ impl Config {
             None => 30,
         };
         let audit_required = raw.audit_required.unwrap_or(true);
+        let status_page = status_page(&src, raw.status_page)?;
         let syslog = syslog(&src, raw.syslog, &state_dir)?;
+        let history_size = history_size(&src, raw.history_size)?;
+        let metrics_file = match raw.metrics_file {
+            Some(m) => {
+                let p = PathBuf::from(m.get_ref());
+                if !is_clean_absolute(&p) || p.parent().is_none() || !paths::no_control(m.get_ref())
+                {
+                    return src.err(
+                        m.span(),
+                        "metrics_file",
+                        format!(
+                            "must be an absolute file path without '..': {:?}",
+                            m.get_ref()
+                        ),
+                    );
+                }
+                Some(p)
+            }
+            None => None,
+        };
 
         let hub = raw.hub.map(|h| hub::hub(&src, h)).transpose()?;
         let mut mirrors = BTreeMap::new();
@@ -353,7 +383,10 @@ impl Config {
             binary,
             heartbeat,
             audit_required,
+            status_page,
             syslog,
+            history_size,
+            metrics_file,
             mirrors,
             keys,
             hub,
@@ -372,6 +405,26 @@ impl Config {
 
     pub fn mirror_names(&self) -> Vec<String> {
         self.mirrors.keys().cloned().collect()
+    }
+}
+
+/// `history_size` unless set: 1 MiB, some 2,500 runs.
+pub const DEFAULT_HISTORY_SIZE: u64 = 1 << 20;
+/// The smallest `history_size`: room for a few runs.
+pub const MIN_HISTORY_SIZE: u64 = 4096;
+
+/// `history_size`: bytes, at least [`MIN_HISTORY_SIZE`].
+fn history_size(src: &Source, raw: Option<Spanned<i64>>) -> Result<u64> {
+    match raw {
+        None => Ok(DEFAULT_HISTORY_SIZE),
+        Some(v) => match u64::try_from(*v.get_ref()) {
+            Ok(n) if n >= MIN_HISTORY_SIZE => Ok(n),
+            _ => src.err(
+                v.span(),
+                "history_size",
+                format!("must be a number of bytes, at least {MIN_HISTORY_SIZE} (default {DEFAULT_HISTORY_SIZE})"),
+            ),
+        },
     }
 }
 
@@ -410,6 +463,24 @@ fn binary(src: &Source, raw: Option<Spanned<String>>, privilege: Privilege) -> R
         None if privilege == Privilege::Sudo => Ok(PathBuf::from("/usr/bin/syncgate")),
         None => Ok(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/syncgate"))),
     }
+}
+
+/// `status_page`: an absolute path (the directory must exist when a
+/// request writes the page; it is not created).
+fn status_page(src: &Source, raw: Option<Spanned<String>>) -> Result<Option<PathBuf>> {
+    let Some(d) = raw else { return Ok(None) };
+    let p = PathBuf::from(d.get_ref());
+    if !is_clean_absolute(&p) || !paths::no_control(d.get_ref()) || p == Path::new("/") {
+        return src.err(
+            d.span(),
+            "status_page",
+            format!(
+                "must be the absolute path of a directory, without '..': {:?}",
+                d.get_ref()
+            ),
+        );
+    }
+    Ok(Some(p))
 }
 
 /// `[syslog]`: facility (default `authpriv`) and socket (default `/dev/log`);

@@ -11,6 +11,7 @@ use std::fmt;
 pub const SUBCOMMANDS: &[&str] = &[
     "sync",
     "status",
+    "history",
     "ssh",
     "authorized-key",
     "sudoers",

@@ -24,7 +24,10 @@ pub(super) struct RawConfig {
     pub binary: Option<Spanned<String>>,
     pub heartbeat: Option<Spanned<u64>>,
     pub audit_required: Option<bool>,
+    pub status_page: Option<Spanned<String>>,
     pub syslog: Option<RawSyslog>,
+    pub history_size: Option<Spanned<i64>>,
+    pub metrics_file: Option<Spanned<String>>,
     pub hub: Option<RawHub>,
     #[serde(default)]
     pub mirror: BTreeMap<Spanned<String>, RawMirror>,
@@ -69,6 +72,7 @@ pub(super) struct RawMirror {
     pub verify_signature: Option<RawSignature>,
     pub change_marker: Option<Spanned<String>>,
     pub full_every: Option<Spanned<RawDuration>>,
+    pub max_age: Option<Spanned<RawDuration>>,
     pub cascade: Option<Spanned<String>>,
     pub require: Option<Spanned<u64>>,
     pub push_delay: Option<Spanned<RawDuration>>,

@@ -322,6 +322,24 @@ fn syslog_table_has_only_facility_and_socket() {
     assert_eq!(cfg.syslog.socket, Path::new("/dev/log"));
 }
 
+#[test]
+fn status_page_is_an_absolute_directory_path_and_unset_by_default() {
+    assert_eq!(ok("state_dir = \"/s\"\n").status_page, None);
+    let cfg = ok("state_dir = \"/s\"\nstatus_page = \"/var/www/html/mirror-status\"\n");
+    assert_eq!(
+        cfg.status_page.as_deref(),
+        Some(Path::new("/var/www/html/mirror-status"))
+    );
+    for bad in ["www/status", "/var/www/../etc", "/", "", "/var/www/a\\nb"] {
+        refused(
+            &format!("state_dir = \"/s\"\n\nstatus_page = \"{bad}\"\n"),
+            3,
+            "status_page: must be the absolute path of a directory",
+        );
+    }
+    refused("state_dir = \"/s\"\nstatus_page = 1\n", 2, "invalid type");
+}
+
 // ---- [mirror.NAME] --------------------------------------------------------------
 
 #[test]
@@ -1210,6 +1228,62 @@ fn the_debian_profile_holds_back_the_indices_and_writes_a_trace_file() {
         &mirror("trace_host = \"../x\"\n"),
         7,
         "mirror.m.trace_host: \"../x\" is not a host name",
+    );
+}
+
+// ---- observability: history_size, metrics_file, max_age
+
+#[test]
+fn history_size_is_bytes_at_least_4096_with_a_1_mib_default() {
+    assert_eq!(ok("state_dir = \"/s\"\n").history_size, 1 << 20);
+    assert_eq!(
+        ok("state_dir = \"/s\"\nhistory_size = 4096\n").history_size,
+        4096
+    );
+    for bad in ["4095", "0", "-1"] {
+        refused(
+            &format!("state_dir = \"/s\"\nhistory_size = {bad}\n"),
+            2,
+            "history_size: must be a number of bytes, at least 4096",
+        );
+    }
+    assert!(err("state_dir = \"/s\"\nhistory_size = \"1M\"\n").contains("invalid type"));
+}
+
+#[test]
+fn metrics_file_is_an_absolute_path_and_unset_by_default() {
+    assert_eq!(ok("state_dir = \"/s\"\n").metrics_file, None);
+    let cfg = ok("state_dir = \"/s\"\nmetrics_file = \"/var/lib/node/syncgate.prom\"\n");
+    assert_eq!(
+        cfg.metrics_file.as_deref(),
+        Some(Path::new("/var/lib/node/syncgate.prom"))
+    );
+    for bad in ["x.prom", "/a/../b.prom", "/"] {
+        refused(
+            &format!("state_dir = \"/s\"\nmetrics_file = \"{bad}\"\n"),
+            2,
+            "metrics_file: must be an absolute file path",
+        );
+    }
+}
+
+#[test]
+fn max_age_is_a_duration_of_at_least_a_minute_and_unset_by_default() {
+    assert_eq!(the_mirror(&ok(&mirror(""))).max_age, None);
+    assert_eq!(
+        the_mirror(&ok(&mirror("max_age = \"2h\"\n"))).max_age,
+        Some(7200)
+    );
+    assert_eq!(the_mirror(&ok(&mirror("max_age = 60\n"))).max_age, Some(60));
+    refused(
+        &mirror("max_age = 59\n"),
+        7,
+        "mirror.m.max_age: must be at least 60 seconds",
+    );
+    refused(
+        &mirror("max_age = \"2 hours\"\n"),
+        7,
+        "mirror.m.max_age: want seconds",
     );
 }
 

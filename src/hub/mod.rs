@@ -268,9 +268,12 @@ pub fn push_command(cfg: &Config, name: &str, detached: bool, audit: &mut Audit)
         let _held = lock(&sd, &push_lock_path(&sd, name), FlockArg::LockExclusive)?;
         drop(waiting);
         push_locked(cfg, mirror, Kind::Full, Some(since), &sd, audit)?;
+        drop(_held);
+        crate::observe::after_request(cfg, audit);
         return Ok(());
     }
     let ok = push(cfg, mirror, Kind::Full, None, audit)?;
+    crate::observe::after_request(cfg, audit);
     let n = mirror.fanout.downstreams.len();
     say(&format!("{name}: {ok} of {n} downstreams have the release"));
     if ok < n {

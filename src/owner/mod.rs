@@ -36,7 +36,9 @@ mod transfer;
 mod trust;
 pub mod verify;
 
-pub use report::{FixPermsReport, Route, SnapshotInfo, TransferReport};
+pub use report::{
+    FixPermsReport, Route, SnapshotInfo, TransferProgress, TransferReport, PROGRESS_PREFIX,
+};
 pub use snapshot::rollback;
 pub use trust::untrusted_path;
 pub use verify::{verify_tree, VerifyFailure, VerifyReport};

@@ -15,13 +15,14 @@
 //! as a closure that returns its [`Outcome`].
 
 pub mod admit;
+pub mod history;
 pub mod lock;
 pub mod state;
 pub mod statedir;
 
 use std::time::Instant;
 
-use crate::audit::events::{RunDied, RunStart, StateCorrupt};
+use crate::audit::events::{ObserveFailed, RunDied, RunStart, StateCorrupt};
 use crate::audit::Audit;
 use crate::config::{Config, Mirror};
 use crate::error::{Error, Result};
@@ -89,13 +90,14 @@ fn serve_as(
     let lock = lock.acquire(&q, &at_arrival, audit, req, caps)?;
     let waited = arrived.elapsed().as_secs();
 
-    let mut st = load_and_recover(sd, name, audit)?;
+    let mut st = load_and_recover(cfg, sd, name, audit)?;
 
     if let Some(i) = st
         .covering_run(arrival, req.stage, req.full)
         .filter(|_| coalesce)
     {
         st.runs[i].served += 1;
+        st.count_coalesced();
         let record = st.runs[i].clone();
         st.save(sd, name)?;
         drop(lock);
@@ -129,7 +131,9 @@ fn serve_as(
     let record = RunRecord::finish(running, run(id), 1);
     st.running = None;
     st.push(record.clone());
-    if let Err(e) = st.save(sd, name) {
+    let saved = st.save(sd, name);
+    record_history(cfg, sd, name, &record, audit);
+    if let Err(e) = saved {
         // The run is still recorded as running, so the next lock holder
         // records it as died: it never counts as a success. Say what
         // happened to the sync itself, and fail the request.
@@ -148,7 +152,12 @@ fn serve_as(
 
 /// Reads the state as the lock holder: a corrupt file is reported and
 /// replaced, a run whose process vanished is recorded as died.
-fn load_and_recover(sd: &StateDir, name: &str, audit: &mut Audit) -> Result<MirrorState> {
+fn load_and_recover(
+    cfg: &Config,
+    sd: &StateDir,
+    name: &str,
+    audit: &mut Audit,
+) -> Result<MirrorState> {
     let loaded = MirrorState::load(sd, name)?;
     let mut st = loaded.state;
     if let Some(w) = loaded.warning {
@@ -168,12 +177,24 @@ fn load_and_recover(sd: &StateDir, name: &str, audit: &mut Audit) -> Result<Mirr
             mirror: name,
             dead: &dead,
         });
-        st.push(RunRecord::finish(
-            dead,
-            Outcome::failed(RunResult::Died, msg, None),
-            0,
-        ));
+        let record = RunRecord::finish(dead, Outcome::failed(RunResult::Died, msg, None), 0);
+        st.push(record.clone());
         st.save(sd, name)?;
+        record_history(cfg, sd, name, &record, audit);
     }
     Ok(st)
+}
+
+/// Appends a finished run to the mirror's history (holding its lock). A
+/// history that cannot be written is said and audited; the run stands.
+fn record_history(cfg: &Config, sd: &StateDir, name: &str, record: &RunRecord, audit: &mut Audit) {
+    if let Err(e) = history::append(sd, name, record, cfg.history_size) {
+        let detail = format!("run #{} is not in the history: {e}", record.run);
+        say(&format!("{name}: warning: {detail}"));
+        audit.record(&ObserveFailed {
+            mirror: Some(name),
+            what: "history",
+            detail: &detail,
+        });
+    }
 }

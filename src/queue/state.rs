@@ -2,6 +2,8 @@
 //! replaced atomically. Written only by the holder of the mirror lock; read
 //! by anyone (status, and requests noting what has started when they arrive).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::queue::statedir::{Read, StateDir};
@@ -24,6 +26,28 @@ pub struct MirrorState {
     /// its downstreams until each has it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change: Option<u64>,
+    /// Cumulative counts (the metrics' counters): they only go up, and the
+    /// runs the state file forgets stay counted.
+    #[serde(default, skip_serializing_if = "Counts::is_empty")]
+    pub counts: Counts,
+}
+
+/// What a mirror has done since its state file was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Finished runs by result (`success`, `failed`, … as in
+    /// [`RunResult::as_str`]), `died` ones included.
+    pub runs: BTreeMap<String, u64>,
+    /// Requests served, coalesced ones included.
+    pub requests: u64,
+    /// Finished runs since the last success that did not succeed.
+    pub failures_in_row: u64,
+}
+
+impl Counts {
+    pub fn is_empty(&self) -> bool {
+        *self == Counts::default()
+    }
 }
 
 /// What reading the state file found.
@@ -87,11 +111,23 @@ impl MirrorState {
     }
 
     pub fn push(&mut self, rec: RunRecord) {
+        let before = self.failures_in_row();
+        *self
+            .counts
+            .runs
+            .entry(rec.result.as_str().to_string())
+            .or_default() += 1;
+        self.counts.requests += rec.served;
         if rec.result == RunResult::Success {
             self.last_success = Some(rec.ended);
+            self.counts.failures_in_row = 0;
             if rec.stage.is_all() && rec.published_change() {
                 self.last_change = Some(rec.run);
             }
+        } else {
+            // `before` came from the runs when the state file predates the
+            // counts.
+            self.counts.failures_in_row = before + 1;
         }
         self.runs.push(rec);
         if self.runs.len() > HISTORY {
@@ -115,6 +151,24 @@ impl MirrorState {
 
     pub fn last_run(&self) -> Option<&RunRecord> {
         self.runs.last()
+    }
+
+    /// A coalesced request got a finished run's result.
+    pub fn count_coalesced(&mut self) {
+        self.counts.requests += 1;
+    }
+
+    /// Finished runs since the last success that did not succeed. A state
+    /// file from before the counts were kept: counted in its runs.
+    pub fn failures_in_row(&self) -> u64 {
+        if !self.counts.runs.is_empty() {
+            return self.counts.failures_in_row;
+        }
+        self.runs
+            .iter()
+            .rev()
+            .take_while(|r| r.result != RunResult::Success)
+            .count() as u64
     }
 }
 
@@ -247,6 +301,38 @@ mod tests {
         assert_eq!(s.covering_run(2, Stage::All, false), None);
         s.push(rec(4, RunResult::Timeout));
         assert_eq!(s.covering_run(2, Stage::All, false), Some(1));
+    }
+
+    #[test]
+    fn counts_only_go_up_and_outlive_the_kept_runs() {
+        let mut s = MirrorState::default();
+        for i in 0..(HISTORY as u64 + 10) {
+            s.push(rec(i + 1, RunResult::Success));
+        }
+        s.push(rec(200, RunResult::Failed));
+        s.push(rec(201, RunResult::Died));
+        s.count_coalesced();
+        assert_eq!(s.counts.runs["success"], HISTORY as u64 + 10);
+        assert_eq!((s.counts.runs["failed"], s.counts.runs["died"]), (1, 1));
+        // `served` of each pushed run (1 in `rec`), and one coalesced.
+        assert_eq!(s.counts.requests, HISTORY as u64 + 13);
+        assert_eq!(s.failures_in_row(), 2);
+        s.push(rec(202, RunResult::Success));
+        assert_eq!(s.failures_in_row(), 0);
+        let back: MirrorState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.counts, s.counts);
+    }
+
+    #[test]
+    fn failures_in_row_of_an_old_state_file_come_from_its_runs() {
+        let mut s = MirrorState::default();
+        s.runs.push(rec(1, RunResult::Success));
+        s.runs.push(rec(2, RunResult::Failed));
+        s.runs.push(rec(3, RunResult::Timeout));
+        assert_eq!(s.failures_in_row(), 2);
+        s.push(rec(4, RunResult::Failed));
+        assert_eq!(s.failures_in_row(), 3);
+        assert_eq!(s.counts.runs.len(), 1, "only what it saw is counted");
     }
 
     #[test]

@@ -107,6 +107,11 @@ impl StateDir {
         self.path.join(format!("_key.{key}.lock"))
     }
 
+    /// A file of the state directory, by name.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
     pub fn state_path(&self, mirror: &str) -> PathBuf {
         self.path.join(format!("{mirror}.state.json"))
     }

@@ -8,7 +8,7 @@ pub mod sync;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Mirror, Privilege};
-use crate::owner::{FixPermsReport, TransferReport};
+use crate::owner::{FixPermsReport, TransferProgress, TransferReport};
 use crate::run::{Outcome, RunResult, Stage};
 use crate::runner::argv::OwnerVerb;
 use crate::sys::child::{self, Ending, Stream, Watcher};
@@ -25,12 +25,39 @@ struct GateWatch<'a> {
     next_beat: Instant,
     stdout: Vec<String>,
     stderr_tail: Vec<String>,
+    /// The owner side's latest progress, if it came since the last
+    /// heartbeat.
+    progress: Option<TransferProgress>,
+}
+
+impl GateWatch<'_> {
+    /// The heartbeat: how long the run has been going and, while rsync
+    /// moves data, where it is.
+    fn heartbeat(&mut self) -> String {
+        let mut s = format!(
+            "{}: run #{} running for {}",
+            self.mirror,
+            self.run,
+            human_secs(self.started.elapsed().as_secs())
+        );
+        if let Some(p) = self.progress.take() {
+            s.push_str(": ");
+            s.push_str(&p.human());
+        }
+        s
+    }
 }
 
 impl Watcher for GateWatch<'_> {
     fn line(&mut self, stream: Stream, line: &str) {
         match stream {
             Stream::Stdout => self.stdout.push(line.to_string()),
+            Stream::Stderr if line.starts_with(crate::owner::PROGRESS_PREFIX) => {
+                // Kept for the next heartbeat, not relayed.
+                if let Some(p) = TransferProgress::from_line(line) {
+                    self.progress = Some(p);
+                }
+            }
             Stream::Stderr => {
                 // Already "syncgate: ..." from the owner side; rsync's and
                 // sudo's own lines pass through as they are.
@@ -45,12 +72,8 @@ impl Watcher for GateWatch<'_> {
     fn tick(&mut self) {
         if Instant::now() >= self.next_beat {
             self.next_beat += self.beat;
-            say(&format!(
-                "{}: run #{} running for {}",
-                self.mirror,
-                self.run,
-                human_secs(self.started.elapsed().as_secs())
-            ));
+            let beat = self.heartbeat();
+            say(&beat);
         }
     }
     fn abort(&mut self) -> bool {
@@ -104,6 +127,7 @@ fn run_owner_argv<T: serde::de::DeserializeOwned>(
         next_beat: Instant::now() + beat,
         stdout: vec![],
         stderr_tail: vec![],
+        progress: None,
     };
     let fin = match child.wait(Some(deadline), GRACE, &mut w) {
         Ok(f) => f,
@@ -209,6 +233,12 @@ pub fn execute(cfg: &Config, m: &Mirror, run: u64, stage: Stage, full: bool) -> 
     let mut o = Outcome::success(message, t.rsync_exit, bytes, files, deleted);
     o.snapshot = t.snapshot;
     o.shortcut = t.shortcut;
+    // The plan listed the whole tree; without one (a first sync), the one
+    // pass did.
+    o.size = [t.plan.as_ref(), t.stage2.as_ref(), Some(&t.stage1)]
+        .into_iter()
+        .flatten()
+        .find_map(|s| s.total_size);
     o
 }
 

@@ -94,9 +94,16 @@ pub fn sync(
         let served = queue::serve(cfg, &sd, mirror, &req, caps, audit, run);
         let pushed = served.as_ref().ok().cloned();
         worst = worst.worst(report(name, &req, via, served, audit));
+        // The metrics show the run at once, before any downstream push
+        // (which may wait for the downstreams' own syncs).
+        crate::observe::after_request(cfg, audit);
         if let Some(s) = pushed {
             if let Some(e) = crate::hub::after_sync(cfg, mirror, &req, &s, audit) {
                 worst = worst.worst(e);
+            }
+            if !mirror.fanout.downstreams.is_empty() {
+                // How the pushes went (or that they are under way).
+                crate::observe::after_request(cfg, audit);
             }
         }
     }
@@ -157,10 +164,14 @@ pub fn rollback(
     let served = queue::serve_alone(cfg, &sd, mirror, req, audit, run);
     let pushed = served.as_ref().ok().cloned();
     let mut worst = report(name, req, None, served, audit);
+    crate::observe::after_request(cfg, audit);
     // The release readers see changed: downstreams follow it.
     if let Some(s) = pushed {
         if let Some(e) = crate::hub::after_sync(cfg, mirror, req, &s, audit) {
             worst = worst.worst(e);
+        }
+        if !mirror.fanout.downstreams.is_empty() {
+            crate::observe::after_request(cfg, audit);
         }
     }
     match worst {

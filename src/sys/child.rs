@@ -38,25 +38,73 @@ pub struct Supervised {
     lines: Receiver<(Stream, String)>,
 }
 
+/// Sends `r`'s lines. A line ends at `\n` or at `\r` (rsync's progress
+/// output rewrites one terminal line with `\r`; `\r\n` is one break).
 fn reader<R: Read + Send + 'static>(r: R, which: Stream, tx: mpsc::Sender<(Stream, String)>) {
     std::thread::spawn(move || {
         let mut r = BufReader::new(r);
-        let mut buf = Vec::new();
+        let mut splitter = Lines::default();
         loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string();
-                    if tx.send((which, line)).is_err() {
-                        break;
+            let n = match r.fill_buf() {
+                Ok([]) | Err(_) => break,
+                Ok(buf) => {
+                    for line in splitter.feed(buf) {
+                        if tx.send((which, line)).is_err() {
+                            return;
+                        }
                     }
+                    buf.len()
+                }
+            };
+            r.consume(n);
+        }
+        if let Some(rest) = splitter.finish() {
+            let _ = tx.send((which, rest));
+        }
+    });
+}
+
+/// Splits a byte stream into lines at `\n`, `\r` and `\r\n`.
+#[derive(Default)]
+struct Lines {
+    line: Vec<u8>,
+    after_cr: bool,
+}
+
+impl Lines {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            match b {
+                // The `\n` of a `\r\n`: the `\r` ended the line.
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' => out.push(self.take()),
+                b'\r' => {
+                    // A `\r` at the start of a line (rsync's progress) ends nothing.
+                    if !self.line.is_empty() {
+                        out.push(self.take());
+                        self.after_cr = true;
+                    }
+                }
+                _ => {
+                    self.after_cr = false;
+                    self.line.push(b);
                 }
             }
         }
-    });
+        out
+    }
+
+    fn take(&mut self) -> String {
+        let line = String::from_utf8_lossy(&self.line).into_owned();
+        self.line.clear();
+        line
+    }
+
+    /// What is left after the last break (output that did not end with one).
+    fn finish(mut self) -> Option<String> {
+        (!self.line.is_empty()).then(|| self.take())
+    }
 }
 
 #[allow(unsafe_code)]
@@ -231,4 +279,38 @@ pub fn code_of(status: &ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(chunks: &[&[u8]]) -> Vec<String> {
+        let mut l = Lines::default();
+        let mut out: Vec<String> = chunks.iter().flat_map(|c| l.feed(c)).collect();
+        out.extend(l.finish());
+        out
+    }
+
+    #[test]
+    fn lines_end_at_newline_carriage_return_or_both() {
+        assert_eq!(split(&[b"a\nb\r\nc\n\nd"]), ["a", "b", "c", "", "d"]);
+        // rsync --info=progress2: "\r" before each update, "\n" at the end.
+        assert_eq!(
+            split(&[
+                b"\r   1  0%\r   2 50%",
+                b"\r   3 100% (xfr#1)\n\nNumber of files: 1\n"
+            ]),
+            [
+                "   1  0%",
+                "   2 50%",
+                "   3 100% (xfr#1)",
+                "",
+                "Number of files: 1"
+            ]
+        );
+        // A "\r\n" split across two reads is still one break.
+        assert_eq!(split(&[b"x\r", b"\ny\n"]), ["x", "y"]);
+        assert_eq!(split(&[b"caf\xc3", b"\xa9\n"]), ["caf\u{e9}"]);
+    }
 }

@@ -36,14 +36,37 @@ pub fn usage_of(file: &File) -> Usage {
     }
 }
 
-fn usage_by_id(md: &Metadata) -> Usage {
+/// How /proc/locks names a file: `MAJ:MIN:INODE`.
+fn lock_id(md: &Metadata) -> String {
     let dev = md.dev();
     let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-    let id = format!("{:02x}:{:02x}:{}", major, minor, md.ino());
+    format!("{:02x}:{:02x}:{}", major, minor, md.ino())
+}
+
+fn usage_by_id(md: &Metadata) -> Usage {
     let Ok(text) = std::fs::read_to_string("/proc/locks") else {
         return Usage::default();
     };
-    parse(&text, &id)
+    parse(&text, &lock_id(md))
+}
+
+/// The kernel's lock table read once, to look up several lock files: a
+/// read of /proc/locks can wait for an RCU grace period (milliseconds on a
+/// busy machine), so a reader of many mirrors reads it once.
+pub struct Table(String);
+
+impl Table {
+    pub fn read() -> Table {
+        Table(std::fs::read_to_string("/proc/locks").unwrap_or_default())
+    }
+
+    /// [`usage`] of `lock` in this table.
+    pub fn usage(&self, lock: &Path) -> Usage {
+        match std::fs::metadata(lock) {
+            Ok(md) => parse(&self.0, &lock_id(&md)),
+            Err(_) => Usage::default(),
+        }
+    }
 }
 
 fn parse(text: &str, id: &str) -> Usage {

@@ -60,9 +60,33 @@ pub fn human_secs(secs: u64) -> String {
     }
 }
 
+/// "1.2 GiB"-style sizes for humans (binary units, one decimal from KiB on).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1_288_490_189), "1.2 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
 
     #[test]
     fn durations_read_like_a_clock() {

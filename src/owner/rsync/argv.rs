@@ -77,6 +77,27 @@ fn private_names(v: &mut Vec<String>) {
     v.push(format!("--filter=-p {RSYNC_PARTIAL_DIR}"));
 }
 
+/// What rsync prints while it transfers: one line for the whole transfer
+/// (bytes, rate, its estimate, files checked), rewritten about once a
+/// second (src/owner/rsync/progress.rs reads it). Only on the passes that
+/// move data: a dry run's lines would be noise among its itemized changes.
+const PROGRESS: &str = "--info=progress2";
+
+fn progress(v: &mut Vec<String>) {
+    v.push(PROGRESS.into());
+}
+
+/// Whether `argv` is a plan: a dry run that itemizes (and counts in its
+/// stats) what a transfer would move.
+pub fn is_plan(argv: &[String]) -> bool {
+    argv.iter().any(|a| a == "--dry-run") && argv.iter().any(|a| a == "--itemize-changes")
+}
+
+/// Whether `argv` moves data (and reports its progress).
+pub fn reports_progress(argv: &[String]) -> bool {
+    argv.iter().any(|a| a == PROGRESS)
+}
+
 fn endpoints(v: &mut Vec<String>, m: &Mirror) {
     v.push(m.upstream.source_arg());
     v.push(format!("{}/", m.dest.display()));
@@ -125,6 +146,7 @@ pub fn rsync_snapshot_plan(cfg: &Config, m: &Mirror, live: &Path, delete: bool) 
 /// longer has (from the farm, or what an unfinished build left).
 pub fn rsync_snapshot(cfg: &Config, m: &Mirror, build: &Path) -> Vec<String> {
     let mut v = with_temp_dir(cfg, m, false);
+    progress(&mut v);
     v.push("--delete".into());
     v.push(m.upstream.source_arg());
     v.push(format!("{}/", build.display()));
@@ -184,6 +206,7 @@ pub fn rsync_upstream_probe(cfg: &Config, m: &Mirror, marker: &str, dir: &Path) 
 /// that upstream no longer has, when the next one resumes it.
 pub fn rsync_fresh(cfg: &Config, m: &Mirror) -> Vec<String> {
     let mut v = with_temp_dir(cfg, m, false);
+    progress(&mut v);
     v.push("--delete".into());
     v.push(m.upstream.source_arg());
     v.push(format!(
@@ -222,6 +245,7 @@ pub fn is_counting_noise(line: &str) -> bool {
 /// checksum file is published.
 pub fn rsync_stage1(cfg: &Config, m: &Mirror) -> Vec<String> {
     let mut v = common(cfg, m);
+    progress(&mut v);
     v.push("--delete".into());
     v.push("--max-delete=0".into());
     for l in &m.last {
@@ -236,6 +260,7 @@ pub fn rsync_stage1(cfg: &Config, m: &Mirror) -> Vec<String> {
 /// files and markers that name them.
 pub fn rsync_stage2(cfg: &Config, m: &Mirror) -> Vec<String> {
     let mut v = common(cfg, m);
+    progress(&mut v);
     v.push("--delay-updates".into());
     v.push("--delete-delay".into());
     v.push(format!("--max-delete={}", m.max_delete));
@@ -342,6 +367,33 @@ mod tests {
             probe.last().unwrap(),
             "/srv/.m.snapshots/.syncgate-tmp/probe/"
         );
+    }
+
+    #[test]
+    fn the_passes_that_move_data_report_progress_and_the_dry_runs_do_not() {
+        let cfg = config();
+        let m = cfg.mirror("m").unwrap();
+        let dest = Path::new("/srv/m");
+        for argv in [
+            rsync_fresh(&cfg, m),
+            rsync_stage1(&cfg, m),
+            rsync_stage2(&cfg, m),
+            rsync_snapshot(&cfg, m, dest),
+        ] {
+            assert!(reports_progress(&argv), "{argv:?}");
+            assert!(!is_plan(&argv), "{argv:?}");
+        }
+        for argv in [
+            rsync_plan(&cfg, m),
+            rsync_snapshot_plan(&cfg, m, dest, false),
+            rsync_snapshot_plan(&cfg, m, dest, true),
+            rsync_probe(&cfg, m),
+        ] {
+            assert!(!reports_progress(&argv), "{argv:?}");
+            assert!(is_plan(&argv), "{argv:?}");
+        }
+        let busy = rsync_busy_probe(&cfg, m, dest);
+        assert!(!reports_progress(&busy) && !is_plan(&busy), "{busy:?}");
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub struct Stats {
     /// of the directories. `None` when rsync printed no such line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed: Option<Kinds>,
+    /// The sender's file list's size in bytes ("Total file size: N
+    /// bytes"): the size of the tree this pass listed. `None` when rsync
+    /// printed no such line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_size: Option<u64>,
     /// Upstream symlinks rsync did not create (`--safe-links`), counted from
     /// its "ignoring unsafe symlink" lines (printed with `--info=name1`).
     #[serde(default)]
@@ -119,6 +124,8 @@ impl Stats {
             self.files_deleted = n;
         } else if let Some(n) = number(line, "Number of regular files transferred:") {
             self.files_transferred = n;
+        } else if let Some(n) = number(line, "Total file size:") {
+            self.total_size = Some(n);
         } else if let Some(n) = number(line, "Total transferred file size:") {
             self.bytes_transferred = n;
         } else if let Some(n) = number(line, "Total bytes received:") {
@@ -207,6 +214,7 @@ Deletions stopped due to --max-delete limit (7 skipped)
                     link: 0,
                     other: 0
                 }),
+                total_size: Some(99_999_999),
                 unsafe_links: 0,
                 skipped_special: 0,
             }

@@ -18,10 +18,43 @@ pub struct Config {
     /// `audit_required = …` (unset: syncgate's default, true).
     pub audit_required: Option<bool>,
     pub heartbeat: u32,
+    /// `status_page = "…"`: the directory the status page is written into.
+    pub status_page: Option<PathBuf>,
     pub syslog_socket: PathBuf,
     pub syslog_facility: Option<String>,
+    /// `metrics_file = "…"` (unset: no metrics file).
+    pub metrics_file: Option<PathBuf>,
+    /// `history_size = N` bytes (unset: syncgate's default, 1 MiB).
+    pub history_size: Option<u64>,
     pub mirrors: Vec<Mirror>,
     pub keys: Vec<Key>,
+    /// `[hub]` (needed once a mirror has a downstream).
+    pub hub: Option<HubTable>,
+}
+
+/// The `[hub]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubTable {
+    pub known_hosts: PathBuf,
+    pub max_parallel: Option<u64>,
+    pub ssh: Option<PathBuf>,
+}
+
+/// One `[mirror.M.downstream.LABEL]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownstreamTable {
+    pub label: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: String,
+    pub archive: Option<String>,
+    pub key: PathBuf,
+    /// `"syncgate"` or `"ftpsync"`.
+    pub kind: &'static str,
+    /// `"all"`, `"staged"` or `"mhop"`.
+    pub mode: &'static str,
+    /// Seconds.
+    pub timeout: Option<u64>,
 }
 
 /// One `[mirror.NAME]` table.
@@ -68,6 +101,16 @@ pub struct Opts {
     pub change_marker: Option<&'static str>,
     /// `full_every = "…"` (a duration).
     pub full_every: Option<&'static str>,
+    /// `cascade = "wait" | "detach"`.
+    pub cascade: Option<&'static str>,
+    /// `require = N`.
+    pub require: Option<u64>,
+    /// `push_delay = N` (seconds).
+    pub push_delay: Option<u64>,
+    /// `[mirror.NAME.downstream.LABEL]` tables.
+    pub downstreams: Vec<DownstreamTable>,
+    /// `max_age = "…"`: a duration (`"2h"`, `60`).
+    pub max_age: Option<&'static str>,
 }
 
 /// The `verify_signature` table.
@@ -141,6 +184,11 @@ impl Opts {
         self.full_every = Some(duration);
         self
     }
+    /// `max_age = DURATION` (`"2h"`, `"60"`).
+    pub fn max_age(mut self, d: &'static str) -> Opts {
+        self.max_age = Some(d);
+        self
+    }
     pub fn busy_wait(mut self, secs: u64) -> Opts {
         self.busy_wait = Some(secs);
         self
@@ -156,6 +204,24 @@ impl Opts {
         self.checksum_files
             .get_or_insert_with(Vec::new)
             .push(pattern);
+        self
+    }
+    /// `cascade = MODE`: `"wait"` or `"detach"`.
+    pub fn cascade(mut self, mode: &'static str) -> Opts {
+        self.cascade = Some(mode);
+        self
+    }
+    pub fn require(mut self, n: u64) -> Opts {
+        self.require = Some(n);
+        self
+    }
+    pub fn push_delay(mut self, secs: u64) -> Opts {
+        self.push_delay = Some(secs);
+        self
+    }
+    /// Adds a `[mirror.NAME.downstream.LABEL]` table.
+    pub fn downstream(mut self, d: DownstreamTable) -> Opts {
+        self.downstreams.push(d);
         self
     }
     /// `verify_signature = { keyring = KEYRING[, program = PROGRAM] }`.
@@ -242,6 +308,15 @@ impl Config {
         if let Some(a) = self.audit_required {
             writeln!(t, "audit_required = {a}").unwrap();
         }
+        if let Some(p) = &self.status_page {
+            writeln!(t, "status_page = {}", quoted(p.display())).unwrap();
+        }
+        if let Some(m) = &self.metrics_file {
+            writeln!(t, "metrics_file = {}", quoted(m.display())).unwrap();
+        }
+        if let Some(n) = self.history_size {
+            writeln!(t, "history_size = {n}").unwrap();
+        }
         writeln!(t, "heartbeat = {}\n", self.heartbeat).unwrap();
         writeln!(
             t,
@@ -253,6 +328,21 @@ impl Config {
             writeln!(t, "facility = {}", quoted(f)).unwrap();
         }
         t.push('\n');
+        if let Some(h) = &self.hub {
+            writeln!(
+                t,
+                "[hub]\nknown_hosts = {}",
+                quoted(h.known_hosts.display())
+            )
+            .unwrap();
+            if let Some(n) = h.max_parallel {
+                writeln!(t, "max_parallel = {n}").unwrap();
+            }
+            if let Some(ssh) = &h.ssh {
+                writeln!(t, "ssh = {}", quoted(ssh.display())).unwrap();
+            }
+            t.push('\n');
+        }
         for m in &self.mirrors {
             m.render(&mut t);
         }
@@ -299,6 +389,8 @@ impl Mirror {
             ("max_waiting", o.max_waiting),
             ("keep", o.keep),
             ("busy_wait", o.busy_wait),
+            ("require", o.require),
+            ("push_delay", o.push_delay),
         ];
         for (key, value) in numbers {
             if let Some(v) = value {
@@ -313,6 +405,8 @@ impl Mirror {
             ("verify", o.verify),
             ("change_marker", o.change_marker),
             ("full_every", o.full_every),
+            ("cascade", o.cascade),
+            ("max_age", o.max_age),
         ];
         for (key, value) in words {
             if let Some(v) = value {
@@ -338,5 +432,29 @@ impl Mirror {
             .unwrap();
         }
         t.push('\n');
+        for d in &o.downstreams {
+            writeln!(
+                t,
+                "[mirror.{}.downstream.{}]\nhost = {}\nuser = {}\nkey = {}\nkind = {}\nmode = {}",
+                self.name,
+                d.label,
+                quoted(&d.host),
+                quoted(&d.user),
+                quoted(d.key.display()),
+                quoted(d.kind),
+                quoted(d.mode)
+            )
+            .unwrap();
+            if let Some(p) = d.port {
+                writeln!(t, "port = {p}").unwrap();
+            }
+            if let Some(a) = &d.archive {
+                writeln!(t, "archive = {}", quoted(a)).unwrap();
+            }
+            if let Some(s) = d.timeout {
+                writeln!(t, "timeout = {s}").unwrap();
+            }
+            t.push('\n');
+        }
     }
 }

@@ -67,8 +67,11 @@ impl Fixture {
             binary: None,
             audit_required: None,
             heartbeat: 1,
+            status_page: None,
             syslog_socket: dir.path().join("no-syslog"),
             syslog_facility: None,
+            metrics_file: None,
+            history_size: None,
             mirrors: vec![Mirror {
                 name: M.into(),
                 upstream: upstream.display().to_string(),
@@ -78,6 +81,7 @@ impl Fixture {
                 opts,
             }],
             keys: Vec::new(),
+            hub: None,
         };
         Fixture {
             config: dir.path().join("syncgate.toml"),

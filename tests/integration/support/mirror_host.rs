@@ -133,13 +133,17 @@ impl MirrorHost {
             binary: Some(bin.clone()),
             audit_required: None,
             heartbeat: 1,
+            status_page: None,
             syslog_socket: log.path().to_path_buf(),
             syslog_facility: Some("authpriv".into()),
+            metrics_file: None,
+            history_size: None,
             mirrors: mirrors
                 .iter()
                 .map(|(name, o)| mirror(&upstream, &srv, name, o.clone()))
                 .collect(),
             keys: keys.to_vec(),
+            hub: None,
         };
         let key_name = "jenkins";
         let (key, public) = host.client_key(key_name);

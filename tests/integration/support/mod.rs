@@ -26,6 +26,7 @@ pub mod cmd;
 pub mod config;
 pub mod fixture;
 pub mod host;
+pub mod hub;
 pub mod mirror_host;
 pub mod mirrors;
 pub mod ns;

@@ -466,10 +466,10 @@ impl Push {
 
 /// `mount --bind SOURCE TARGET` (following a symlink at TARGET), undone on
 /// drop. Only inside the private namespace.
-struct BindMount(PathBuf);
+pub struct BindMount(PathBuf);
 
 impl BindMount {
-    fn new(source: &Path, target: &Path) -> BindMount {
+    pub fn new(source: &Path, target: &Path) -> BindMount {
         super::ns::assert_private_namespace();
         let target =
             fs::canonicalize(target).unwrap_or_else(|e| panic!("{}: {e}", target.display()));
