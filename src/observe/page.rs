@@ -275,6 +275,21 @@ fn mirror(h: &mut String, i: usize, m: &MirrorStatus, t: u64) {
         None => "never".into(),
     };
     row(h, "Last success", &esc(&last_ok));
+    if let Some(max) = m.max_age {
+        let (class, word) = match m.freshness {
+            "fresh" => ("ok", "fresh"),
+            "never" => ("bad", "OUT OF DATE: never synced"),
+            _ => ("bad", "OUT OF DATE"),
+        };
+        row(
+            h,
+            "Freshness",
+            &format!(
+                "<span class=\"{class}\">{}</span>",
+                esc(&format!("{word} (max_age {})", human_secs(max)))
+            ),
+        );
+    }
     if let Some(r) = runs.iter().rev().find(|r| r.size.is_some()) {
         let size = r.size.unwrap_or(0);
         row(
@@ -514,6 +529,7 @@ mod tests {
         assert!(html.contains("run #2 died"));
         assert!(html.contains("run #1 timeout: timed out after 2h00m [rsync exit 23"));
         assert!(html.contains("<dt>Last success</dt><dd>never</dd>"));
+        assert!(!html.contains("Freshness"), "no max_age: not watched");
         assert!(html.contains("No runs yet."));
         assert!(!html.contains("Push to"), "no downstreams, no push rows");
     }

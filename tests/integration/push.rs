@@ -6,12 +6,8 @@
 //! runmirrors ignores every exit status of a trigger but ssh's own 255: a
 //! push syncgate refuses (exit 64) or whose sync fails is logged upstream
 //! as "trigger succeeded" and runmirrors exits 0. Only syncgate's audit
-//! trail (`event=decision`, `event=outcome`) and its state file tell.
-//!
-//! Until the push-word parser (branch wt-push) is merged, syncgate refuses
-//! every runmirrors command, so the tests that expect a served push are
-//! ignored; `runmirrors_failure_is_invisible_to_runmirrors_but_audited`
-//! holds either way.
+//! trail (`event=decision`, `event=outcome`) and its state file tell,
+//! unless the key says `runmirrors = true` (then syncgate exits 255).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
