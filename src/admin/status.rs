@@ -550,6 +550,29 @@ pub fn check_mirror(m: &MirrorStatus, timeout: u64, now: u64) -> (Plugin, String
         ),
         _ => {}
     }
+    // A hub: a downstream whose last push of the newest release failed
+    // (not one a push is still under way for).
+    if !m.pushing {
+        let behind: Vec<String> = m
+            .downstreams
+            .iter()
+            .filter(|d| m.release.is_some() && d.release < m.release)
+            .filter_map(|d| {
+                let p = d.last_push.as_ref()?;
+                (!p.result.ok()).then(|| format!("{} {}", d.name, p.result.as_str()))
+            })
+            .collect();
+        if !behind.is_empty() {
+            note(
+                Plugin::Warning,
+                format!(
+                    "downstreams without release #{}: {}",
+                    m.release.unwrap_or(0),
+                    behind.join(", ")
+                ),
+            );
+        }
+    }
     if said.is_empty() {
         said.push(match m.last_success_age {
             Some(age) => format!("OK, last success {} ago", human_secs(age)),
@@ -701,6 +724,47 @@ mod tests {
 
     fn check(m: &MirrorStatus) -> (Plugin, String) {
         check_mirror(m, 3600, NOW)
+    }
+
+    #[test]
+    fn a_hub_warns_about_a_downstream_whose_push_failed() {
+        use crate::hub::state::{PushRecord, PushResult};
+        let mut m = mirror(Some(60), Some(3600), 0);
+        m.release = Some(5);
+        let push = |result| PushRecord {
+            run: 5,
+            stage: "all".into(),
+            started: NOW - 10,
+            ended: NOW - 5,
+            result,
+            exit: Some(255),
+            message: String::new(),
+        };
+        let ds = |name: &str, release, last_push| DownstreamStatus {
+            name: name.into(),
+            host: "h".into(),
+            port: 22,
+            mode: "all",
+            kind: "syncgate",
+            last_push,
+            age: Some(5),
+            release,
+        };
+        m.downstreams = vec![
+            ds("ok", Some(5), Some(push(PushResult::Success))),
+            ds("never", None, None),
+        ];
+        assert_eq!(check(&m).0, Plugin::Ok);
+        m.downstreams
+            .push(ds("dead", Some(3), Some(push(PushResult::Failed))));
+        let (p, text) = check(&m);
+        assert_eq!(p, Plugin::Warning);
+        assert!(
+            text.contains("downstreams without release #5: dead failed"),
+            "{text}"
+        );
+        m.pushing = true;
+        assert_eq!(check(&m).0, Plugin::Ok, "a push is under way");
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub fn after_sync(
     // ends a oneshot unit's leftover processes when its main one exits.
     let inline = fo.cascade == Cascade::Wait || kind != Kind::Full || req.trigger == Trigger::Timer;
     if !inline {
+        if !anyone_behind(cfg, mirror) {
+            return None;
+        }
         return match detach(cfg, mirror) {
             Ok(()) => None,
             Err(e) => {
@@ -139,12 +142,34 @@ fn detach(cfg: &Config, mirror: &Mirror) -> std::io::Result<()> {
     setsid_on_exec(&mut cmd);
     let child = cmd.spawn()?;
     say(&format!(
-        "{}: pushing {} downstreams in the background (pid {}; status shows how they end)",
+        "{}: pushing the downstreams that lack release #{} in the background (pid {}; status shows how they end)",
         mirror.name,
-        mirror.fanout.downstreams.len(),
+        MirrorState::load(&StateDir::open(&cfg.state_dir).map_err(std::io::Error::other)?, &mirror.name)
+            .ok()
+            .and_then(|l| l.state.release())
+            .unwrap_or(0),
         child.id()
     ));
     Ok(())
+}
+
+/// Whether some downstream lacks the newest release (a detached pusher
+/// has work). In doubt, yes.
+fn anyone_behind(cfg: &Config, mirror: &Mirror) -> bool {
+    let Ok(sd) = StateDir::open(&cfg.state_dir) else {
+        return true;
+    };
+    let Ok(Some(release)) = MirrorState::load(&sd, &mirror.name).map(|l| l.state.release()) else {
+        return true;
+    };
+    let Ok((st, _)) = PushState::load(&sd, &mirror.name) else {
+        return true;
+    };
+    mirror
+        .fanout
+        .downstreams
+        .iter()
+        .any(|d| st.get(&d.name).release.is_none_or(|r| r < release))
 }
 
 #[allow(unsafe_code)]

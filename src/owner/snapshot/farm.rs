@@ -21,6 +21,11 @@ use crate::owner::fixperms::MAX_DEPTH;
 pub struct Farm {
     pub dirs: u64,
     pub links: u64,
+    /// Entries the owner may not hard-link (`fs.protected_hardlinks`: a
+    /// file someone else owns, planted in the live tree behind syncgate's
+    /// back; or a file at its link limit): left out, so rsync copies them
+    /// from upstream, or drops them when upstream has none.
+    pub skipped: u64,
 }
 
 /// Makes `build` a link farm of `live` (entries already in `build`, from an
@@ -66,6 +71,14 @@ pub fn link_farm(live: &Path, build: &Path, dir_mode: u32) -> Result<Farm, Strin
             match std::fs::hard_link(&src, &dst) {
                 Ok(()) => farm.links += 1,
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::EPERM) | Some(nix::libc::EMLINK)
+                    ) =>
+                {
+                    farm.skipped += 1
+                }
                 Err(e) => {
                     return Err(format!(
                         "cannot link {} to {}: {e}",
@@ -97,7 +110,14 @@ mod tests {
         std::os::unix::fs::symlink("/nonexistent", live.join("a/dangling")).unwrap();
 
         let farm = link_farm(&live, &build, 0o2750).unwrap();
-        assert_eq!(farm, Farm { dirs: 3, links: 4 });
+        assert_eq!(
+            farm,
+            Farm {
+                dirs: 3,
+                links: 4,
+                skipped: 0
+            }
+        );
         let ino = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
         for f in ["a/b/x.iso", "top", "current", "a/dangling"] {
             assert_eq!(ino(&live.join(f)), ino(&build.join(f)), "{f}");
@@ -114,7 +134,11 @@ mod tests {
         std::fs::remove_file(build.join("top")).unwrap();
         assert_eq!(
             link_farm(&live, &build, 0o2750).unwrap(),
-            Farm { dirs: 0, links: 1 }
+            Farm {
+                dirs: 0,
+                links: 1,
+                skipped: 0
+            }
         );
     }
 }

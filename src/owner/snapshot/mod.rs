@@ -193,8 +193,14 @@ impl Transfer<'_> {
             match farm::link_farm(live, build, self.mirror.dir_mode) {
                 Ok(f) => {
                     crate::sys::progress::say(&format!(
-                        "snapshot: {} directories made and {} entries hard-linked from the live snapshot",
-                        f.dirs, f.links
+                        "snapshot: {} directories made and {} entries hard-linked from the live snapshot{}",
+                        f.dirs,
+                        f.links,
+                        if f.skipped > 0 {
+                            format!("; {} the owner may not link (not its own: changed behind syncgate's back) are taken from upstream again", f.skipped)
+                        } else {
+                            String::new()
+                        }
                     ));
                 }
                 Err(e) => {
