@@ -88,6 +88,34 @@ pub struct MirrorStatus {
     pub(crate) runs: Vec<RunRecord>,
 }
 
+#[cfg(test)]
+impl MirrorStatus {
+    /// An idle mirror that never ran, for tests to change.
+    pub(crate) fn blank(name: &str) -> MirrorStatus {
+        MirrorStatus {
+            name: name.into(),
+            state: "idle",
+            running: None,
+            waiting: 0,
+            last_run: None,
+            last_success: None,
+            last_success_age: None,
+            snapshot: None,
+            warning: None,
+            failures_in_row: 0,
+            typical_duration: None,
+            max_age: None,
+            freshness: "unknown",
+            counts: Counts::default(),
+            history_warning: None,
+            downstreams: Vec::new(),
+            release: None,
+            pushing: false,
+            runs: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct DownstreamStatus {
     pub name: String,
@@ -700,25 +728,14 @@ mod tests {
             last_success.map(|s| run(8, RunResult::Success, s - 60, 60))
         };
         MirrorStatus {
-            name: "iso".into(),
-            state: "idle",
-            running: None,
             waiting: 2,
             last_run,
             last_success,
             last_success_age: age,
-            snapshot: None,
-            warning: None,
             failures_in_row: failures,
-            typical_duration: None,
             max_age,
             freshness: freshness(max_age, age),
-            counts: Counts::default(),
-            history_warning: None,
-            downstreams: Vec::new(),
-            release: None,
-            pushing: false,
-            runs: Vec::new(),
+            ..MirrorStatus::blank("iso")
         }
     }
 

@@ -20,15 +20,14 @@ pub mod fanout;
 pub mod ssh;
 pub mod state;
 
-use std::fs::File;
 use std::path::PathBuf;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::FlockArg;
 
 use crate::audit::Audit;
 use crate::config::{Cascade, Config, Hub, Mirror};
 use crate::error::{Error, Exit, Result};
-use crate::queue::lock::LockFile;
+use crate::queue::lock::flock_at as lock;
 use crate::queue::state::MirrorState;
 use crate::queue::statedir::StateDir;
 use crate::queue::Served;
@@ -38,25 +37,13 @@ use fanout::Kind;
 use state::PushState;
 
 pub fn push_lock_path(sd: &StateDir, mirror: &str) -> PathBuf {
-    sd.path().join(format!("{mirror}.push.lock"))
+    sd.file(&format!("{mirror}.push.lock"))
 }
 
 /// Held by the one detached pusher that waits for the push lock: a second
 /// one would find nothing the first will not push.
 fn waiter_lock_path(sd: &StateDir, mirror: &str) -> PathBuf {
-    sd.path().join(format!("{mirror}.push-wait.lock"))
-}
-
-fn lock(sd: &StateDir, path: &std::path::Path, arg: FlockArg) -> Result<Option<Flock<File>>> {
-    let file = LockFile::open_path(sd, path)?.into_file();
-    match Flock::lock(file, arg) {
-        Ok(l) => Ok(Some(l)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => Err(Error::io(
-            format!("cannot lock {}", path.display()),
-            e.into(),
-        )),
-    }
+    sd.file(&format!("{mirror}.push-wait.lock"))
 }
 
 fn hub(cfg: &Config) -> Result<&Hub> {

@@ -75,7 +75,7 @@ pub struct PushState {
 }
 
 pub fn path(sd: &StateDir, mirror: &str) -> PathBuf {
-    sd.path().join(format!("{mirror}.push.json"))
+    sd.file(&format!("{mirror}.push.json"))
 }
 
 impl PushState {

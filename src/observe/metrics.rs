@@ -9,12 +9,10 @@
 //! [`mirror_samples`] is one mirror's samples: a new per-mirror metric is
 //! one `declare` in [`render`] and one `sample` there.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::admin::status::{MirrorStatus, StatusDoc};
-use crate::error::{Error, IoContext, Result};
+use crate::error::Result;
 use crate::hub::state::PushResult;
 use crate::run::RunResult;
 
@@ -306,33 +304,21 @@ pub fn render(doc: &StatusDoc) -> String {
     x.text()
 }
 
-/// Replaces `path` with the metrics of `doc`: a temporary file in the same
-/// directory (which must exist), fsync, mode 0644, rename.
+/// Replaces `path` with the metrics of `doc` ([`super::file::replace`]:
+/// its directory must exist).
 pub fn write(path: &Path, doc: &StatusDoc) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".syncgate-metrics-")
-        .tempfile_in(dir)
-        .map_err(|e| {
-            Error::io(
-                format!(
-                    "metrics_file {}: cannot create a file in {} (it must exist and be writable by the user syncgate runs as)",
-                    path.display(),
-                    dir.display()
-                ),
-                e,
-            )
-        })?;
-    tmp.write_all(render(doc).as_bytes())
-        .and_then(|_| tmp.as_file().sync_all())
-        .and_then(|_| {
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-        })
-        .context(|| format!("cannot write {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io(format!("cannot replace {}", path.display()), e.error))?;
-    Ok(())
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    super::file::replace(
+        dir,
+        &name,
+        render(doc).as_bytes(),
+        "its directory must exist and be writable by the user syncgate runs as",
+    )
+    .map_err(|e| crate::error::Error::Internal(format!("metrics_file {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -340,31 +326,10 @@ mod tests {
     use super::*;
     use crate::admin::status::MirrorStatus;
     use crate::error::Exit;
-    use crate::queue::state::Counts;
     use crate::run::{Outcome, RunRecord, Snapshots, Stage, Trigger};
 
     fn mirror(name: &str) -> MirrorStatus {
-        MirrorStatus {
-            name: name.into(),
-            state: "idle",
-            running: None,
-            waiting: 0,
-            last_run: None,
-            last_success: None,
-            last_success_age: None,
-            snapshot: None,
-            warning: None,
-            failures_in_row: 0,
-            typical_duration: None,
-            max_age: None,
-            freshness: "unknown",
-            counts: Counts::default(),
-            history_warning: None,
-            downstreams: Vec::new(),
-            release: None,
-            pushing: false,
-            runs: Vec::new(),
-        }
+        MirrorStatus::blank(name)
     }
 
     fn doc(mirrors: Vec<MirrorStatus>) -> StatusDoc {
@@ -518,6 +483,7 @@ mod tests {
 
     #[test]
     fn the_file_is_replaced_whole_with_mode_0644() {
+        use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("syncgate.prom");
         std::fs::write(&p, "old").unwrap();

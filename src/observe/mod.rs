@@ -10,6 +10,7 @@
 //! To add a writer: a module here with a `write(cfg, &doc) -> Result<()>`,
 //! called from [`after_request`] when its config key is set.
 
+mod file;
 pub mod metrics;
 pub mod page;
 
@@ -22,7 +23,7 @@ use crate::audit::events::ObserveFailed;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::queue::lock::LockFile;
+use crate::queue::lock::flock_at;
 use crate::queue::statedir::StateDir;
 use crate::sys::progress::say;
 
@@ -36,23 +37,19 @@ pub fn wanted(cfg: &Config) -> bool {
 
 /// Holds `STATE_DIR/_observe.lock` (waiting at most [`LOCK_WAIT`]).
 fn lock(sd: &StateDir) -> Result<Flock<std::fs::File>> {
-    let mut file = LockFile::open_path(sd, &sd.file("_observe.lock"))?.into_file();
+    let path = sd.file("_observe.lock");
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return Ok(l),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                file = f;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+        match flock_at(sd, &path, FlockArg::LockExclusiveNonblock)? {
+            Some(l) => return Ok(l),
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            None => {
                 return Err(Error::Internal(format!(
                     "another syncgate held {} for {}s; the next request writes them",
-                    sd.file("_observe.lock").display(),
+                    path.display(),
                     LOCK_WAIT.as_secs()
                 )))
             }
-            Err((_, e)) => return Err(Error::io("cannot lock _observe.lock", e.into())),
         }
     }
 }

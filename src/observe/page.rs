@@ -11,24 +11,20 @@
 //! phone. Everything taken from the state (mirror names, rsync's messages,
 //! requesters) is HTML-escaped.
 //!
-//! Each file is replaced atomically: a new file of a unique name in the
-//! same directory (created `O_EXCL | O_NOFOLLOW`: nothing planted there is
-//! followed or reused), mode 0644, written, fsynced and renamed over the
-//! old one.
+//! Each file is replaced atomically ([`super::file::replace`]).
 
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use nix::libc;
-
+use super::file::replace;
 use crate::admin::status::{self, MirrorStatus, StatusDoc};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::run::{RunRecord, RunResult};
 use crate::sys::progress::{human_bytes, human_secs};
 use crate::sys::timefmt::iso;
+
+/// Said when a file cannot be created in `status_page`.
+const HINT: &str = "is status_page writable by this account?";
 
 /// The page's file names in `status_page`.
 pub const HTML: &str = "index.html";
@@ -41,8 +37,8 @@ pub const CHART_RUNS: usize = 30;
 /// config's `status_page`).
 pub fn write(dir: &Path, doc: &StatusDoc) -> Result<()> {
     check_dir(dir)?;
-    replace(dir, JSON, status::to_json(doc).as_bytes())?;
-    replace(dir, HTML, render(doc).as_bytes())
+    replace(dir, JSON, status::to_json(doc).as_bytes(), HINT)?;
+    replace(dir, HTML, render(doc).as_bytes(), HINT)
 }
 
 fn check_dir(dir: &Path) -> Result<()> {
@@ -58,45 +54,6 @@ fn check_dir(dir: &Path) -> Result<()> {
         ))),
         Err(e) => Err(Error::io(format!("status_page {}", dir.display()), e)),
     }
-}
-
-/// Replaces `dir/name` with `bytes`: a new file (unique name, `O_EXCL |
-/// O_NOFOLLOW`, mode 0644), fsync, rename.
-fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(
-        ".{name}.syncgate-{}-{nanos:09}.tmp",
-        std::process::id()
-    ));
-    replace_via(&tmp, &dir.join(name), bytes)
-}
-
-fn replace_via(tmp: &Path, target: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(tmp)
-        .context(|| {
-            format!(
-                "cannot create {} (is status_page writable by this account?)",
-                tmp.display()
-            )
-        })?;
-    let written = f
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .and_then(|_| f.write_all(bytes))
-        .and_then(|_| f.sync_all())
-        .and_then(|_| std::fs::rename(tmp, target));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(tmp);
-        return Err(Error::io(format!("cannot write {}", target.display()), e));
-    }
-    Ok(())
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -437,26 +394,14 @@ mod tests {
                 started: 1_795_300_000,
                 stage: Default::default(),
             }),
-            waiting: 0,
             last_run: runs.last().cloned(),
             last_success: runs
                 .iter()
                 .rev()
                 .find(|r| r.result == RunResult::Success)
                 .map(|r| r.ended),
-            last_success_age: None,
-            snapshot: None,
-            warning: None,
-            failures_in_row: 0,
-            typical_duration: None,
-            max_age: None,
-            freshness: "unknown",
-            counts: Default::default(),
-            history_warning: None,
-            downstreams: Vec::new(),
-            release: None,
-            pushing: false,
             runs: runs.to_vec(),
+            ..MirrorStatus::blank(name)
         }
     }
 
@@ -638,33 +583,8 @@ mod tests {
     }
 
     #[test]
-    fn files_are_replaced_with_mode_0644_and_a_planted_symlink_is_not_followed() {
-        use std::os::unix::fs::MetadataExt;
+    fn a_missing_directory_says_how_to_make_it() {
         let d = tempfile::tempdir().unwrap();
-        let victim = d.path().join("victim");
-        std::fs::write(&victim, "keep").unwrap();
-        std::os::unix::fs::symlink(&victim, d.path().join(HTML)).unwrap();
-        replace(d.path(), HTML, b"<p>one</p>").unwrap();
-        replace(d.path(), HTML, b"<p>two</p>").unwrap();
-        let md = std::fs::symlink_metadata(d.path().join(HTML)).unwrap();
-        assert!(md.file_type().is_file());
-        assert_eq!(md.mode() & 0o7777, 0o644);
-        assert_eq!(std::fs::read(d.path().join(HTML)).unwrap(), b"<p>two</p>");
-        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
-        let left: Vec<_> = std::fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left.len(), 2, "no temporary file is left: {left:?}");
-        // Something planted at the temporary name is neither followed nor
-        // reused.
-        let tmp = d.path().join(".planted.tmp");
-        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
-        let e = replace_via(&tmp, &d.path().join(HTML), b"x").unwrap_err();
-        assert!(e.to_string().contains("cannot create"), "{e}");
-        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
-        assert_eq!(std::fs::read(d.path().join(HTML)).unwrap(), b"<p>two</p>");
-        std::fs::remove_file(&tmp).unwrap();
         assert!(check_dir(&d.path().join("missing"))
             .unwrap_err()
             .to_string()

@@ -157,6 +157,20 @@ impl LockFile {
     }
 }
 
+/// Locks a lock file of the state directory (opened as [`LockFile::open_path`]
+/// does) with `arg`; `None` when a non-blocking lock is held elsewhere.
+pub fn flock_at(sd: &StateDir, path: &Path, arg: FlockArg) -> Result<Option<Flock<File>>> {
+    let file = LockFile::open_path(sd, path)?.into_file();
+    match Flock::lock(file, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::io(
+            format!("cannot lock {}", path.display()),
+            e.into(),
+        )),
+    }
+}
+
 /// Returns the heap pages freed so far (mostly the config parser's) to
 /// the kernel before a wait that may last hours.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -90,11 +90,6 @@ impl StateDir {
         })
     }
 
-    /// The state directory itself.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn lock_path(&self, mirror: &str) -> PathBuf {
         self.path.join(format!("{mirror}.lock"))
     }
